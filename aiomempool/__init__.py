@@ -1,0 +1,31 @@
+"""aiomempool: the Linux kernel's mempool for asyncio.
+
+A ``Mempool`` keeps a reserve of ``min_nr`` preallocated elements so that
+work can always make progress when the backing allocator fails.
+"""
+
+from .errors import (
+    AllocTimeoutError,
+    MempoolError,
+    PoolClosedError,
+    PoolExhaustedError,
+)
+from .gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
+from .mempool import ElementContext, Mempool
+from .stats import MempoolStats
+
+__all__ = [
+    "GFP",
+    "GFP_ATOMIC",
+    "GFP_KERNEL",
+    "GFP_NOWAIT",
+    "AllocTimeoutError",
+    "ElementContext",
+    "Mempool",
+    "MempoolError",
+    "MempoolStats",
+    "PoolClosedError",
+    "PoolExhaustedError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,44 @@
+"""The exceptions aiomempool raises: all derive from MempoolError."""
+
+from __future__ import annotations
+
+import asyncio
+
+__all__ = [
+    "AllocTimeoutError",
+    "MempoolError",
+    "PoolClosedError",
+    "PoolExhaustedError",
+]
+
+
+class MempoolError(Exception):
+    """Base of every exception aiomempool raises of its own."""
+
+
+class PoolClosedError(MempoolError, RuntimeError):
+    """The pool was closed: it hands out nothing more."""
+
+
+class PoolExhaustedError(MempoolError, MemoryError):
+    """A non-waiting allocation found nothing to hand out.
+
+    A ``MemoryError`` too, so code that already handles allocation failure
+    handles this one.
+    """
+
+
+# asyncio.TimeoutError is the builtin TimeoutError from 3.11 on, a class of
+# its own on 3.10: derive from both so that either ``except`` catches it.
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
+    (TimeoutError,)
+    if asyncio.TimeoutError is TimeoutError
+    else (TimeoutError, asyncio.TimeoutError)
+)
+
+
+class AllocTimeoutError(MempoolError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """``alloc(timeout=...)`` waited that long and got no element.
+
+    A ``TimeoutError`` (and an ``asyncio.TimeoutError`` on every Python).
+    """

@@ -1,0 +1,666 @@
+"""Mempool: the kernel's mm/mempool.c for asyncio.
+
+A pool keeps a reserve of ``min_nr`` preallocated elements so that an
+allocation can always make progress when the backing allocator fails.
+
+Locking: the kernel guards the reserve with a spinlock; here the event
+loop's single thread is the lock. A critical section is code with no
+``await`` in it, and every method below that touches the reserve or the
+wait queue runs to completion without awaiting.
+
+Invariants, kept by ``_put()`` (the only way into the reserve after
+construction) and ``_wait()`` (the only way to park):
+
+* ``len(self._elements) <= self._min_nr``.
+* A task is parked only while the reserve is empty: it parks right after
+  finding the reserve empty, with no await in between, and ``_put()``
+  hands an element to a parked task before it would add to the reserve.
+* ``self._nwaiters`` counts the tasks inside ``_wait()``: parked, or woken
+  and not yet returned. While it is non-zero, no new caller takes anything:
+  new waiting callers queue at the back, others fail. Nobody barges.
+* ``self._gate == (self._closed or self._nwaiters > 0)``: one test that
+  sends the hot paths (``alloc``, ``alloc_nowait``, ``free``) to the slow
+  ones, where closing and waiting are handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ._ratelimit import RateLimitedWarning
+from ._waitqueue import CLOSED, RETRY, TIMEDOUT, Wake, WaitQueue
+from .errors import AllocTimeoutError, PoolClosedError, PoolExhaustedError
+from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT, KERNEL_MASK, NOWAIT_MASK, decode_mask
+from .gfp import _Mask as Mask
+from .stats import MempoolStats
+
+__all__ = ["Mempool"]
+
+T = TypeVar("T")
+
+
+def _check_nr(arg: str, value: object) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{arg} must be an int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{arg} must be >= 1, got {value}")
+    return value
+
+
+def _check_timeout(timeout: object) -> None:
+    if type(timeout) is bool or not isinstance(timeout, (int, float)):
+        raise TypeError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if not timeout >= 0:  # also refuses NaN
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(TIMEDOUT)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class Mempool(Generic[T]):
+    """A reserve of ``min_nr`` elements in front of a backing allocator.
+
+    ``alloc_fn(gfp_mask, pool_data)`` makes an element, or returns ``None``
+    (or raises ``MemoryError``) when it cannot; ``free_fn(element,
+    pool_data)`` disposes of one. The constructor calls
+    ``alloc_fn(GFP_KERNEL, pool_data)`` ``min_nr`` times; if one fails it
+    frees those already made and raises ``MemoryError``. It needs no running
+    event loop.
+
+    Picture a cloakroom with ``min_nr`` spare coats on hooks: a guest first
+    asks the tailor (``alloc_fn``) for a new coat; if the tailor has none, a
+    spare is handed over; when the hooks are bare the guest queues, and every
+    coat brought back goes to the first guest in the queue.
+
+    Beyond the kernel's guarantees: waiting is first come, first served with
+    no barging; a cancelled or timed-out waiter never loses an element or a
+    wake-up; ``alloc()`` takes a ``timeout``; ``stats()`` counts everything.
+
+    Example::
+
+        pool = Mempool(16, lambda gfp, size: bytearray(size),
+                       lambda buf, size: None, 4096)
+        async with pool.element() as buf:
+            buf[:5] = b"hello"
+
+    Raises:
+        TypeError: ``min_nr`` is not an int; ``alloc_fn`` or ``free_fn`` is
+            not callable; ``name`` is not a str.
+        ValueError: ``min_nr < 1``; ``retry_interval`` is not positive.
+        MemoryError: ``alloc_fn`` could not make ``min_nr`` elements.
+    """
+
+    __slots__ = (
+        "_min_nr", "_elements", "_alloc_fn", "_free_fn", "_pool_data",
+        "_name", "_closed", "_nwaiters", "_gate", "_queue", "_loop",
+        "_retry_interval", "_retry_timer", "_retry_pending", "_warn",
+        "_allocs", "_frees", "_reserve_hits", "_alloc_fn_failures",
+        "_waits", "_timeouts", "_max_wait_s", "__weakref__",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        min_nr: int,
+        alloc_fn: Callable[[GFP, Any], T | None],
+        free_fn: Callable[[T, Any], object],
+        pool_data: Any = None,
+        *,
+        name: str | None = None,
+        retry_interval: float = 5.0,
+    ) -> None:
+        _check_nr("min_nr", min_nr)
+        for arg, fn in (("alloc_fn", alloc_fn), ("free_fn", free_fn)):
+            if not callable(fn):
+                raise TypeError(f"{arg} must be callable, not {type(fn).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        _check_timeout(retry_interval)
+        if not retry_interval > 0:
+            raise ValueError(f"retry_interval must be > 0 seconds, got {retry_interval}")
+        self._min_nr = min_nr
+        self._alloc_fn = alloc_fn
+        self._free_fn = free_fn
+        self._pool_data = pool_data
+        self._name = name
+        self._closed = False
+        self._nwaiters = 0
+        self._gate = False
+        self._queue = WaitQueue()
+        self._loop = _running_loop()
+        self._retry_interval = float(retry_interval)
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._retry_pending = False
+        self._warn = RateLimitedWarning()
+        self._allocs = self._frees = self._reserve_hits = 0
+        self._alloc_fn_failures = self._waits = self._timeouts = 0
+        self._max_wait_s = 0.0
+        self._elements: list[T] = []
+        self._elements = self._prealloc(min_nr)
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def min_nr(self) -> int:
+        """Elements the reserve guarantees."""
+        return self._min_nr
+
+    @property
+    def curr_nr(self) -> int:
+        """Elements in the reserve now."""
+        return len(self._elements)
+
+    @property
+    def waiters(self) -> int:
+        """Tasks waiting in ``alloc()`` now."""
+        return self._nwaiters
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return self._closed
+
+    @property
+    def name(self) -> str | None:
+        """The name given at construction, for logs and metrics."""
+        return self._name
+
+    def stats(self) -> MempoolStats:
+        """A frozen snapshot of the pool's counters and gauges."""
+        return MempoolStats(
+            name=self._name,
+            min_nr=self._min_nr,
+            curr_nr=len(self._elements),
+            waiters=self._nwaiters,
+            allocs=self._allocs,
+            frees=self._frees,
+            outstanding=self._allocs - self._frees,
+            reserve_hits=self._reserve_hits,
+            alloc_fn_failures=self._alloc_fn_failures,
+            waits=self._waits,
+            timeouts=self._timeouts,
+            max_wait_s=self._max_wait_s,
+        )
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name is not None else ""
+        state = " closed" if self._closed else ""
+        return (
+            f"<Mempool{name}{state} min_nr={self._min_nr} "
+            f"curr_nr={len(self._elements)} waiters={self._nwaiters}>"
+        )
+
+    # -- allocation --------------------------------------------------------
+
+    async def alloc(
+        self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
+    ) -> T | None:
+        """Allocate an element, waiting for one if ``gfp_mask`` allows.
+
+        The kernel's order: ``alloc_fn`` with ``GFP.DIRECT_RECLAIM`` taken
+        out of the mask; then an element of the reserve; then, if the first
+        try was so restricted, ``alloc_fn`` with the full mask. If that
+        fails too, a mask without ``DIRECT_RECLAIM`` returns ``None``; with
+        it, the task waits, first come first served, until an element is
+        freed or the backing allocator may succeed again, and tries again.
+        While tasks wait, a new caller queues behind them (or gets ``None``
+        if it may not wait): nobody overtakes a waiter.
+
+        Awaits only when it has to wait. Cancelling it never loses an
+        element: one handed to a cancelled task goes to the next waiter or
+        back to the reserve.
+
+        Raises:
+            PoolClosedError: the pool is closed, or was closed while waiting.
+            AllocTimeoutError: a ``TimeoutError``; ``timeout`` seconds passed
+                without an element.
+            ValueError: ``gfp_mask`` holds ``GFP.ZERO`` or unknown bits, or
+                ``timeout`` is negative.
+            RuntimeError: tasks of another event loop are waiting.
+        """
+        # The hot path, _take() inlined: the default mask, no waiter, open.
+        if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
+            try:
+                element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
+            except MemoryError:
+                element = None
+            if element is None:
+                element = self._take_reserve(KERNEL_MASK)
+                if element is None:
+                    return await self._wait(KERNEL_MASK, None)
+                return element
+            self._allocs += 1
+            return element
+        mask = decode_mask(gfp_mask)
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
+        if timeout is not None:
+            _check_timeout(timeout)
+        if not self._nwaiters:
+            element = self._take(mask)
+            if element is not None:
+                return element
+        if not mask.may_wait:
+            self._failed(mask)
+            return None
+        return await self._wait(mask, timeout)
+
+    def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> T | None:
+        """Allocate an element without waiting; ``None`` if there is none.
+
+        Synchronous, for callbacks that cannot await (``get_buffer()`` of an
+        ``asyncio.BufferedProtocol``, ``call_soon`` callbacks). Use
+        ``GFP_ATOMIC`` to let the backing allocator use its emergency
+        headroom. Returns ``None`` while tasks wait in ``alloc()``: it does
+        not overtake them.
+
+        Raises:
+            PoolClosedError: the pool is closed.
+            ValueError: ``gfp_mask`` holds ``GFP.DIRECT_RECLAIM`` (await
+                ``alloc()`` to wait), ``GFP.ZERO`` or unknown bits.
+        """
+        # The hot path, _take() inlined: the default mask, no waiter, open.
+        if gfp_mask is GFP_NOWAIT and not self._gate:
+            try:
+                element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
+            except MemoryError:
+                element = None
+            if element is None:
+                element = self._take_reserve(NOWAIT_MASK)
+                if element is None:
+                    self._failed(NOWAIT_MASK)
+                return element
+            self._allocs += 1
+            return element
+        mask = decode_mask(gfp_mask)
+        if mask.may_wait:
+            raise ValueError(
+                "gfp_mask must not hold GFP.DIRECT_RECLAIM: alloc_nowait() "
+                "never waits (await alloc() to wait)"
+            )
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: alloc_nowait() on a closed pool")
+        if not self._nwaiters:
+            element = self._take(mask)
+            if element is not None:
+                return element
+        self._failed(mask)
+        return None
+
+    def _take(self, mask: Mask) -> T | None:
+        """The kernel's order, without waiting; counts what it hands out.
+
+        The caller has checked that the pool is open and nobody waits.
+        """
+        try:
+            element = self._alloc_fn(mask.first, self._pool_data)
+        except MemoryError:
+            element = None
+        if element is None:
+            return self._take_reserve(mask)
+        self._allocs += 1
+        return element
+
+    def _take_reserve(self, mask: Mask) -> T | None:
+        """What _take() does once the cheap first try has failed."""
+        self._alloc_fn_failures += 1
+        if self._elements:
+            self._allocs += 1
+            self._reserve_hits += 1
+            return self._elements.pop()
+        if not mask.may_wait:
+            return None
+        # The reserve is empty and the first try was restricted: now the
+        # allocator may do what it takes.
+        try:
+            element = self._alloc_fn(mask.full, self._pool_data)
+        except MemoryError:
+            element = None
+        if element is None:
+            self._alloc_fn_failures += 1
+            return None
+        self._allocs += 1
+        return element
+
+    def _failed(self, mask: Mask) -> None:
+        if not mask.nowarn:
+            self._warn.warn(
+                "%r: allocation failed (gfp_mask=%r)", self, mask.full
+            )
+
+    async def _wait(self, mask: Mask, timeout: float | None) -> T:
+        """Park until handed an element; the only place tasks wait."""
+        loop = asyncio.get_running_loop()
+        if self._nwaiters and loop is not self._loop:
+            raise RuntimeError(
+                f"{self!r} has tasks waiting on another event loop: a pool "
+                "is used by one event loop at a time"
+            )
+        self._loop = loop
+        start = loop.time()
+        deadline = None if timeout is None else start + timeout
+        self._nwaiters += 1
+        self._gate = True
+        if self._retry_timer is None:
+            self._retry_timer = loop.call_later(self._retry_interval, self._retry_expired)
+        front = False  # back in line at the front after a failed retry
+        try:
+            while True:
+                if deadline is not None and deadline - loop.time() <= 0:
+                    raise self._timed_out(mask, timeout)
+                fut = self._queue.park(loop, front)
+                if not front:
+                    front = True
+                    self._waits += 1
+                handle = None
+                if deadline is not None:
+                    handle = loop.call_later(deadline - loop.time(), _expire, fut)
+                try:
+                    got = await fut
+                except BaseException:
+                    self._left_early(fut)
+                    raise
+                finally:
+                    if handle is not None:
+                        handle.cancel()
+                if got is RETRY:
+                    self._retry_pending = False
+                    if self._closed:
+                        raise PoolClosedError(f"{self!r}: closed while waiting")
+                    try:
+                        element = self._take(mask)
+                    except BaseException:
+                        self._wake_retry()  # not ours to swallow
+                        raise
+                    if element is None:
+                        continue
+                    # The allocator came back: it may have more for the next.
+                    self._wake_retry()
+                elif got is TIMEDOUT:
+                    raise self._timed_out(mask, timeout)
+                elif got is CLOSED:
+                    raise PoolClosedError(f"{self!r}: closed while waiting")
+                else:
+                    element = got
+                    self._allocs += 1
+                    self._reserve_hits += 1
+                waited = loop.time() - start
+                if waited > self._max_wait_s:
+                    self._max_wait_s = waited
+                return element  # type: ignore[no-any-return]
+        finally:
+            self._nwaiters -= 1
+            if not self._nwaiters:
+                self._gate = self._closed
+                self._queue.clear()  # every future still queued is dead
+                if self._retry_timer is not None:
+                    self._retry_timer.cancel()
+                    self._retry_timer = None
+
+    def _left_early(self, fut: asyncio.Future[Any]) -> None:
+        """A waiter leaves by an exception (cancellation, mostly).
+
+        Whatever it was handed is passed on, so that a cancellation arriving
+        after the wake-up (where asyncio.Condition on 3.10-3.12 drops the
+        notification) loses nothing.
+        """
+        if not fut.done():
+            fut.cancel()  # thrown in by something else: make it dead
+        if fut.cancelled():
+            self._queue.compact(self._nwaiters - 1)
+            return
+        got = fut.result()
+        if got is RETRY:
+            self._retry_pending = False
+            self._wake_retry()
+        elif not isinstance(got, Wake):
+            self._put(got)
+
+    def _timed_out(self, mask: Mask, timeout: float | None) -> AllocTimeoutError:
+        self._timeouts += 1
+        self._failed(mask)
+        return AllocTimeoutError(f"{self!r}: no element within {timeout} s")
+
+    def _wake_retry(self) -> None:
+        """Tell the first waiter the backing allocator may succeed now.
+
+        One retry is in flight at a time: a waiter already woken to retry
+        calls ``alloc_fn`` after whatever prompted this call, so a second
+        wake-up would find nothing more. It keeps its place at the front.
+        """
+        if not self._retry_pending and self._nwaiters:
+            self._retry_pending = self._queue.hand(RETRY)
+
+    def _retry_expired(self) -> None:
+        # The kernel's 5-second timeout: the allocator may have recovered
+        # although nothing came back to this pool.
+        self._retry_timer = None
+        if self._nwaiters and self._loop is not None:
+            self._wake_retry()
+            self._retry_timer = self._loop.call_later(
+                self._retry_interval, self._retry_expired
+            )
+
+    # -- freeing -----------------------------------------------------------
+
+    def free(self, element: T | None) -> None:
+        """Give an element back; ``None`` is ignored.
+
+        Synchronous: callable from any callback on the pool's loop. Below
+        ``min_nr`` the element refills the reserve, going straight to the
+        longest waiter if any; otherwise ``free_fn`` disposes of it and the
+        first waiter is told to retry the backing allocator. After
+        ``close()`` every element goes to ``free_fn``.
+
+        ``asyncio.Condition.notify()`` must be called with the condition's
+        lock held, and taking an ``asyncio.Lock`` is a coroutine: a
+        synchronous ``free()`` could not notify. The pool's critical sections
+        never await, so it needs no lock beyond the loop's thread, and its
+        condition is the wait queue of futures it resolves directly.
+
+        Raises whatever ``free_fn`` raises, after the pool's own accounting.
+        """
+        if element is not None:
+            self._frees += 1
+            # The hot path, _put() inlined for an open pool nobody waits on.
+            if self._gate:
+                self._put(element)
+            elif len(self._elements) < self._min_nr:
+                self._elements.append(element)
+            else:
+                self._free_fn(element, self._pool_data)
+
+    def _put(self, element: T) -> None:
+        """The element goes to the first waiter, the reserve or free_fn."""
+        if len(self._elements) < self._min_nr and not self._closed:
+            # Tasks park only while the reserve is empty, so a refill goes
+            # to the longest waiter; the reserve gets it if nobody is parked.
+            if not (self._nwaiters and self._queue.hand(element)):
+                self._elements.append(element)
+            return
+        # The waiter is woken first, and runs once free_fn has returned (or
+        # raised): it cannot miss what free_fn gives back.
+        if self._nwaiters:
+            self._wake_retry()
+        self._free_fn(element, self._pool_data)
+
+    def free_threadsafe(
+        self, element: T | None, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Give an element back from another thread, through the loop.
+
+        For workers of ``run_in_executor`` and the like: the element is
+        freed by ``free()`` on the loop's thread. ``loop`` defaults to the
+        pool's loop: the one it was built in, entered with ``async with``,
+        or last waited in.
+
+        Raises:
+            RuntimeError: no loop is known, or it is closed.
+        """
+        target = loop if loop is not None else self._loop
+        if target is None or target.is_closed():
+            raise RuntimeError(
+                f"{self!r}: free_threadsafe() needs the pool's event loop; "
+                "build the pool in a running loop, enter it with `async with`, "
+                "or pass loop="
+            )
+        target.call_soon_threadsafe(self.free, element)
+
+    # -- the reserve -------------------------------------------------------
+
+    def _prealloc(self, count: int) -> list[T]:
+        """Make ``count`` elements with ``alloc_fn(GFP_KERNEL)``, or none."""
+        made: list[T] = []
+        try:
+            for _ in range(count):
+                try:
+                    element = self._alloc_fn(GFP_KERNEL, self._pool_data)
+                except MemoryError:
+                    element = None
+                if element is None:
+                    self._alloc_fn_failures += 1
+                    raise MemoryError(
+                        f"alloc_fn made {len(made)} of the {count} elements asked for"
+                    )
+                made.append(element)
+        except BaseException:
+            self._free_all(made, suppress=True)
+            raise
+        return made
+
+    def _free_all(self, elements: list[T], suppress: bool = False) -> None:
+        """free_fn on every element, even if some raise; then the first."""
+        error: BaseException | None = None
+        for element in elements:
+            try:
+                self._free_fn(element, self._pool_data)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None and not suppress:
+            raise error
+
+    def resize(self, new_min_nr: int) -> None:
+        """Change ``min_nr``, the kernel's ``mempool_resize()``.
+
+        Growing allocates the missing elements with ``alloc_fn(GFP_KERNEL)``
+        all at once, handing them to waiters first; shrinking frees the
+        surplus of the reserve with ``free_fn``. Synchronous.
+
+        Raises:
+            TypeError, ValueError: ``new_min_nr`` is not an int >= 1.
+            MemoryError: ``alloc_fn`` failed; nothing changed.
+            PoolClosedError: the pool is closed.
+        """
+        _check_nr("new_min_nr", new_min_nr)
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: resize() on a closed pool")
+        elements = self._elements
+        if new_min_nr <= len(elements):
+            self._min_nr = new_min_nr
+            surplus = elements[new_min_nr:]
+            del elements[new_min_nr:]
+            self._free_all(surplus)
+            return
+        made = self._prealloc(new_min_nr - len(elements))
+        self._min_nr = new_min_nr
+        for element in made:
+            self._put(element)
+
+    # -- closing -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the reserve and refuse further allocations; idempotent.
+
+        The ``mempool_destroy()`` analogue: every reserved element goes to
+        ``free_fn``; tasks waiting in ``alloc()`` raise ``PoolClosedError``,
+        as does every later ``alloc()`` or ``alloc_nowait()``. Elements
+        still out may be freed later: they go to ``free_fn``.
+
+        Raises the first exception of ``free_fn``, once all were freed.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._gate = True
+        self._queue.hand_all(CLOSED)
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        elements, self._elements = self._elements, []
+        self._free_all(elements)
+
+    async def __aenter__(self) -> Mempool[T]:
+        self._loop = asyncio.get_running_loop()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def element(
+        self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
+    ) -> ElementContext[T]:
+        """An element for the span of an ``async with`` block.
+
+        ``async with pool.element() as buf:`` allocates on entry and frees
+        on exit, whether the block ends normally, by an exception or by
+        cancellation.
+
+        Raises on entry what ``alloc()`` raises, and ``PoolExhaustedError``
+        (a ``MemoryError``) when a non-waiting mask finds nothing.
+        """
+        decode_mask(gfp_mask)
+        if timeout is not None:
+            _check_timeout(timeout)
+        return ElementContext(self, gfp_mask, timeout)
+
+
+class ElementContext(Generic[T]):
+    """What ``Mempool.element()`` returns: an async context manager."""
+
+    __slots__ = ("_pool", "_gfp_mask", "_timeout", "_element")
+
+    def __init__(self, pool: Mempool[T], gfp_mask: GFP | int, timeout: float | None) -> None:
+        self._pool = pool
+        self._gfp_mask = gfp_mask
+        self._timeout = timeout
+        self._element: T | None = None
+
+    async def __aenter__(self) -> T:
+        if self._element is not None:
+            raise RuntimeError("this element() context is already entered")
+        element = await self._pool.alloc(self._gfp_mask, timeout=self._timeout)
+        if element is None:
+            raise PoolExhaustedError(
+                f"{self._pool!r}: nothing to hand out without waiting "
+                f"(gfp_mask={self._gfp_mask!r})"
+            )
+        self._element = element
+        return element
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        element, self._element = self._element, None
+        self._pool.free(element)
+
