@@ -15,10 +15,10 @@ construction) and ``_wait()`` (the only way to park):
 * A task is parked only while the reserve is empty: it parks right after
   finding the reserve empty, with no await in between, and ``_put()``
   hands an element to a parked task before it would add to the reserve.
-* ``self._nwaiters`` counts the tasks inside ``_wait()``: parked, or woken
-  and not yet returned. While it is non-zero, no new caller takes anything:
-  new waiting callers queue at the back, others fail. Nobody barges.
-* ``self._gate == (self._closed or self._nwaiters > 0)``: one test that
+* ``self._nparked`` counts the parked tasks: those whose future nobody has
+  resolved yet. While it is non-zero, no new caller takes anything: new
+  waiting callers queue at the back, others fail. Nobody barges.
+* ``self._gate == (self._closed or self._nparked > 0)``: one test that
   sends the hot paths (``alloc``, ``alloc_nowait``, ``free``) to the slow
   ones, where closing and waiting are handled.
 """
@@ -26,12 +26,13 @@ construction) and ``_wait()`` (the only way to park):
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._ratelimit import RateLimitedWarning
-from ._waitqueue import CLOSED, RETRY, TIMEDOUT, Wake, WaitQueue
+from ._waitqueue import CLOSED, TIMEDOUT, Fresh, Wake, WaitQueue
 from .errors import AllocTimeoutError, PoolClosedError, PoolExhaustedError
 from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT, KERNEL_MASK, NOWAIT_MASK, decode_mask
 from .gfp import _Mask as Mask
@@ -57,11 +58,6 @@ def _check_timeout(timeout: object) -> None:
         )
     if not timeout >= 0:  # also refuses NaN
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
-
-
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_result(TIMEDOUT)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -106,8 +102,8 @@ class Mempool(Generic[T]):
 
     __slots__ = (
         "_min_nr", "_elements", "_alloc_fn", "_free_fn", "_pool_data",
-        "_name", "_closed", "_nwaiters", "_gate", "_queue", "_loop",
-        "_retry_interval", "_retry_timer", "_retry_pending", "_warn",
+        "_name", "_closed", "_nparked", "_gate", "_queue", "_loop",
+        "_retry_interval", "_retry_timer", "_warn",
         "_allocs", "_frees", "_reserve_hits", "_alloc_fn_failures",
         "_waits", "_timeouts", "_max_wait_s", "__weakref__",
     )  # fmt: skip
@@ -137,13 +133,12 @@ class Mempool(Generic[T]):
         self._pool_data = pool_data
         self._name = name
         self._closed = False
-        self._nwaiters = 0
+        self._nparked = 0
         self._gate = False
         self._queue = WaitQueue()
         self._loop = _running_loop()
         self._retry_interval = float(retry_interval)
         self._retry_timer: asyncio.TimerHandle | None = None
-        self._retry_pending = False
         self._warn = RateLimitedWarning()
         self._allocs = self._frees = self._reserve_hits = 0
         self._alloc_fn_failures = self._waits = self._timeouts = 0
@@ -165,8 +160,8 @@ class Mempool(Generic[T]):
 
     @property
     def waiters(self) -> int:
-        """Tasks waiting in ``alloc()`` now."""
-        return self._nwaiters
+        """Tasks waiting in ``alloc()`` now, not yet handed anything."""
+        return self._nparked
 
     @property
     def closed(self) -> bool:
@@ -184,7 +179,7 @@ class Mempool(Generic[T]):
             name=self._name,
             min_nr=self._min_nr,
             curr_nr=len(self._elements),
-            waiters=self._nwaiters,
+            waiters=self._nparked,
             allocs=self._allocs,
             frees=self._frees,
             outstanding=self._allocs - self._frees,
@@ -200,7 +195,7 @@ class Mempool(Generic[T]):
         state = " closed" if self._closed else ""
         return (
             f"<Mempool{name}{state} min_nr={self._min_nr} "
-            f"curr_nr={len(self._elements)} waiters={self._nwaiters}>"
+            f"curr_nr={len(self._elements)} waiters={self._nparked}>"
         )
 
     # -- allocation --------------------------------------------------------
@@ -215,7 +210,8 @@ class Mempool(Generic[T]):
         try was so restricted, ``alloc_fn`` with the full mask. If that
         fails too, a mask without ``DIRECT_RECLAIM`` returns ``None``; with
         it, the task waits, first come first served, until an element is
-        freed or the backing allocator may succeed again, and tries again.
+        freed, or until the allocator, retried for the first in line when
+        it may succeed again, makes one.
         While tasks wait, a new caller queues behind them (or gets ``None``
         if it may not wait): nobody overtakes a waiter.
 
@@ -249,7 +245,7 @@ class Mempool(Generic[T]):
             raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
         if timeout is not None:
             _check_timeout(timeout)
-        if not self._nwaiters:
+        if not self._nparked:
             element = self._take(mask)
             if element is not None:
                 return element
@@ -293,7 +289,7 @@ class Mempool(Generic[T]):
             )
         if self._closed:
             raise PoolClosedError(f"{self!r}: alloc_nowait() on a closed pool")
-        if not self._nwaiters:
+        if not self._nparked:
             element = self._take(mask)
             if element is not None:
                 return element
@@ -344,71 +340,70 @@ class Mempool(Generic[T]):
     async def _wait(self, mask: Mask, timeout: float | None) -> T:
         """Park until handed an element; the only place tasks wait."""
         loop = asyncio.get_running_loop()
-        if self._nwaiters and loop is not self._loop:
+        if self._nparked and loop is not self._loop:
             raise RuntimeError(
                 f"{self!r} has tasks waiting on another event loop: a pool "
                 "is used by one event loop at a time"
             )
         self._loop = loop
-        start = loop.time()
-        deadline = None if timeout is None else start + timeout
-        self._nwaiters += 1
+        if timeout is not None and timeout <= 0:
+            raise self._timed_out(mask, timeout)
+        fut = self._queue.park(loop, mask.full)
+        self._nparked += 1
         self._gate = True
+        self._waits += 1
         if self._retry_timer is None:
             self._retry_timer = loop.call_later(self._retry_interval, self._retry_expired)
-        front = False  # back in line at the front after a failed retry
+        handle = None
+        if timeout is not None:
+            handle = loop.call_later(timeout, self._expire, fut)
+        # uvloop's loop.time() ticks in milliseconds: fine for deadlines,
+        # too coarse to measure waits.
+        start = time.perf_counter()
         try:
-            while True:
-                if deadline is not None and deadline - loop.time() <= 0:
-                    raise self._timed_out(mask, timeout)
-                fut = self._queue.park(loop, front)
-                if not front:
-                    front = True
-                    self._waits += 1
-                handle = None
-                if deadline is not None:
-                    handle = loop.call_later(deadline - loop.time(), _expire, fut)
-                try:
-                    got = await fut
-                except BaseException:
-                    self._left_early(fut)
-                    raise
-                finally:
-                    if handle is not None:
-                        handle.cancel()
-                if got is RETRY:
-                    self._retry_pending = False
-                    if self._closed:
-                        raise PoolClosedError(f"{self!r}: closed while waiting")
-                    try:
-                        element = self._take(mask)
-                    except BaseException:
-                        self._wake_retry()  # not ours to swallow
-                        raise
-                    if element is None:
-                        continue
-                    # The allocator came back: it may have more for the next.
-                    self._wake_retry()
-                elif got is TIMEDOUT:
-                    raise self._timed_out(mask, timeout)
-                elif got is CLOSED:
-                    raise PoolClosedError(f"{self!r}: closed while waiting")
-                else:
-                    element = got
-                    self._allocs += 1
-                    self._reserve_hits += 1
-                waited = loop.time() - start
-                if waited > self._max_wait_s:
-                    self._max_wait_s = waited
-                return element  # type: ignore[no-any-return]
+            got = await fut
+        except BaseException:
+            self._left_early(fut)
+            raise
         finally:
-            self._nwaiters -= 1
-            if not self._nwaiters:
-                self._gate = self._closed
-                self._queue.clear()  # every future still queued is dead
-                if self._retry_timer is not None:
-                    self._retry_timer.cancel()
-                    self._retry_timer = None
+            if handle is not None:
+                handle.cancel()
+        if type(got) is Fresh:
+            element = got.element
+        elif got is TIMEDOUT:
+            raise self._timed_out(mask, timeout)
+        elif got is CLOSED:
+            raise PoolClosedError(f"{self!r}: closed while waiting")
+        else:
+            element = got
+            self._reserve_hits += 1
+        self._allocs += 1
+        waited = time.perf_counter() - start
+        if waited > self._max_wait_s:
+            self._max_wait_s = waited
+        return element  # type: ignore[no-any-return]
+
+    def _hand(self, value: object) -> bool:
+        """Give ``value`` to the first parked task; False if none is parked."""
+        if self._nparked and self._queue.hand(value):
+            self._unparked()
+            return True
+        return False
+
+    def _unparked(self) -> None:
+        """One parked task less: its future was resolved or it left."""
+        self._nparked -= 1
+        if not self._nparked:
+            self._gate = self._closed
+            self._queue.clear()  # every entry still queued is dead
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+                self._retry_timer = None
+
+    def _expire(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.done():
+            fut.set_result(TIMEDOUT)
+            self._unparked()
 
     def _left_early(self, fut: asyncio.Future[Any]) -> None:
         """A waiter leaves by an exception (cancellation, mostly).
@@ -420,12 +415,14 @@ class Mempool(Generic[T]):
         if not fut.done():
             fut.cancel()  # thrown in by something else: make it dead
         if fut.cancelled():
-            self._queue.compact(self._nwaiters - 1)
+            self._unparked()
+            self._queue.compact(self._nparked)
+            return
+        if fut.exception() is not None:
             return
         got = fut.result()
-        if got is RETRY:
-            self._retry_pending = False
-            self._wake_retry()
+        if type(got) is Fresh:
+            self._put(got.element)
         elif not isinstance(got, Wake):
             self._put(got)
 
@@ -434,22 +431,42 @@ class Mempool(Generic[T]):
         self._failed(mask)
         return AllocTimeoutError(f"{self!r}: no element within {timeout} s")
 
-    def _wake_retry(self) -> None:
-        """Tell the first waiter the backing allocator may succeed now.
+    def _retry(self) -> None:
+        """The backing allocator may succeed now: ask it for the parked
+        tasks, first come first served, each with its own mask, until it
+        fails.
 
-        One retry is in flight at a time: a waiter already woken to retry
-        calls ``alloc_fn`` after whatever prompted this call, so a second
-        wake-up would find nothing more. It keeps its place at the front.
+        In the kernel every sleeper retries for itself when it wakes; here
+        the pool retries on behalf of the first in line and hands it the
+        result, so nobody can overtake it between its wake-up and its try.
+        An error of alloc_fn is raised in that waiter, whose call it was.
         """
-        if not self._retry_pending and self._nwaiters:
-            self._retry_pending = self._queue.hand(RETRY)
+        while self._nparked:
+            entry = self._queue.first()
+            if entry is None:
+                return
+            try:
+                element = self._alloc_fn(entry[1], self._pool_data)
+            except MemoryError:
+                element = None
+            except Exception as exc:
+                if self._queue.fail(exc):
+                    self._unparked()
+                return
+            if element is None:
+                self._alloc_fn_failures += 1
+                return
+            # alloc_fn may have re-entered the pool: hand to whoever is
+            # first now, or put the element back if nobody is left.
+            if not self._hand(Fresh(element)):
+                self._put(element)
 
     def _retry_expired(self) -> None:
         # The kernel's 5-second timeout: the allocator may have recovered
         # although nothing came back to this pool.
         self._retry_timer = None
-        if self._nwaiters and self._loop is not None:
-            self._wake_retry()
+        self._retry()
+        if self._nparked and self._loop is not None and self._retry_timer is None:
             self._retry_timer = self._loop.call_later(
                 self._retry_interval, self._retry_expired
             )
@@ -462,7 +479,7 @@ class Mempool(Generic[T]):
         Synchronous: callable from any callback on the pool's loop. Below
         ``min_nr`` the element refills the reserve, going straight to the
         longest waiter if any; otherwise ``free_fn`` disposes of it and the
-        first waiter is told to retry the backing allocator. After
+        allocator is retried for the first waiter. After
         ``close()`` every element goes to ``free_fn``.
 
         ``asyncio.Condition.notify()`` must be called with the condition's
@@ -488,14 +505,16 @@ class Mempool(Generic[T]):
         if len(self._elements) < self._min_nr and not self._closed:
             # Tasks park only while the reserve is empty, so a refill goes
             # to the longest waiter; the reserve gets it if nobody is parked.
-            if not (self._nwaiters and self._queue.hand(element)):
+            if not self._hand(element):
                 self._elements.append(element)
             return
-        # The waiter is woken first, and runs once free_fn has returned (or
-        # raised): it cannot miss what free_fn gives back.
-        if self._nwaiters:
-            self._wake_retry()
-        self._free_fn(element, self._pool_data)
+        try:
+            self._free_fn(element, self._pool_data)
+        finally:
+            # free_fn gave memory back to the allocator, which may now have
+            # something for a waiter (even if free_fn raised).
+            if self._nparked:
+                self._retry()
 
     def free_threadsafe(
         self, element: T | None, *, loop: asyncio.AbstractEventLoop | None = None
@@ -595,7 +614,8 @@ class Mempool(Generic[T]):
             return
         self._closed = True
         self._gate = True
-        self._queue.hand_all(CLOSED)
+        while self._hand(CLOSED):
+            pass
         if self._retry_timer is not None:
             self._retry_timer.cancel()
             self._retry_timer = None

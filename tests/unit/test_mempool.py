@@ -1,0 +1,528 @@
+"""Mempool without contention: construction, the kernel's order, free,
+resize, close, element(), stats, errors of the callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from helpers import Backing, Elem
+
+import aiomempool
+from aiomempool import (
+    GFP,
+    GFP_ATOMIC,
+    GFP_KERNEL,
+    GFP_NOWAIT,
+    Mempool,
+    MempoolError,
+    PoolClosedError,
+    PoolExhaustedError,
+)
+
+# -- construction ---------------------------------------------------------
+
+
+def test_constructor_preallocates_min_nr_with_gfp_kernel_and_pool_data() -> None:
+    calls: list[tuple[GFP, Any]] = []
+
+    def alloc_fn(gfp_mask: GFP, pool_data: Any) -> object:
+        calls.append((gfp_mask, pool_data))
+        return object()
+
+    pool = Mempool(3, alloc_fn, lambda e, d: None, pool_data="data")
+    assert pool.min_nr == 3 and pool.curr_nr == 3
+    assert calls == [(GFP_KERNEL, "data")] * 3
+
+
+def test_constructor_needs_no_running_loop() -> None:
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    backing = Backing()
+    pool = backing.pool(2)
+    assert pool.curr_nr == 2
+    assert pool.alloc_nowait() is not None
+
+
+@pytest.mark.parametrize("failure", ["none", "memoryerror"])
+def test_constructor_failure_frees_what_it_made(failure: str) -> None:
+    backing = Backing(supply=2)
+    if failure == "memoryerror":
+        backing.supply = None
+        made = 0
+
+        def alloc_fn(gfp_mask: GFP, pool_data: Any) -> Elem:
+            nonlocal made
+            made += 1
+            if made > 2:
+                raise MemoryError
+            element = Elem()
+            backing.made.append(element)
+            return element
+
+        with pytest.raises(MemoryError):
+            Mempool(5, alloc_fn, backing.free)
+    else:
+        with pytest.raises(MemoryError, match="2 of the 5"):
+            Mempool(5, backing.alloc, backing.free)
+    assert len(backing.made) == 2
+    assert backing.freed == backing.made
+
+
+def test_constructor_lets_other_errors_through_and_frees() -> None:
+    backing = Backing(supply=1)
+    pool = backing.pool(1)
+    backing.fail_with = KeyError("boom")
+    backing.supply = None
+    with pytest.raises(KeyError, match="boom"):
+        Mempool(3, backing.alloc, backing.free)
+    assert pool.curr_nr == 1  # another pool: untouched
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0, ValueError, "min_nr must be >= 1"),
+        (-3, ValueError, "min_nr must be >= 1"),
+        (2.0, TypeError, "min_nr must be an int"),
+        (True, TypeError, "min_nr must be an int"),
+        ("4", TypeError, "min_nr must be an int"),
+    ],
+)
+def test_constructor_checks_min_nr(value: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        Mempool(value, lambda g, d: object(), lambda e, d: None)
+
+
+def test_constructor_checks_the_callbacks_and_options() -> None:
+    with pytest.raises(TypeError, match="alloc_fn must be callable"):
+        Mempool(1, None, lambda e, d: None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="free_fn must be callable"):
+        Mempool(1, lambda g, d: object(), 42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be a str"):
+        Mempool(1, lambda g, d: object(), lambda e, d: None, name=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry_interval must be > 0"):
+        Mempool(1, lambda g, d: object(), lambda e, d: None, retry_interval=0)
+
+
+def test_errors_share_one_base() -> None:
+    assert issubclass(PoolClosedError, MempoolError)
+    assert issubclass(PoolExhaustedError, MempoolError)
+    assert issubclass(PoolExhaustedError, MemoryError)
+    assert issubclass(aiomempool.AllocTimeoutError, TimeoutError)
+    assert issubclass(aiomempool.AllocTimeoutError, asyncio.TimeoutError)
+
+
+# -- the kernel's order ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_alloc_tries_the_allocator_without_waiting_first() -> None:
+    backing = Backing()
+    pool = backing.pool(2)
+    element = await pool.alloc()
+    assert element is backing.made[-1]
+    assert backing.masks == [GFP_NOWAIT]
+    assert pool.curr_nr == 2  # the reserve is untouched
+
+
+@pytest.mark.asyncio
+async def test_alloc_falls_back_on_the_reserve_then_the_full_mask() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    reserved = backing.made[0]
+    backing.up = False
+    assert await pool.alloc(GFP_KERNEL, timeout=0) is reserved
+    assert backing.masks == [GFP_NOWAIT]
+    assert pool.curr_nr == 0 and pool.stats().reserve_hits == 1
+
+
+@pytest.mark.asyncio
+async def test_the_full_mask_retry_comes_before_waiting() -> None:
+    masks: list[GFP] = []
+
+    def alloc_fn(gfp_mask: GFP, pool_data: Any) -> Elem | None:
+        masks.append(gfp_mask)
+        return Elem() if gfp_mask & GFP.DIRECT_RECLAIM else None
+
+    pool = Mempool(1, alloc_fn, lambda e, d: None)
+    assert pool.alloc_nowait() is not None  # takes the reserve
+    masks.clear()
+    mask = GFP.DIRECT_RECLAIM | GFP.HIGH
+    assert await pool.alloc(mask) is not None
+    assert masks == [GFP.HIGH, mask]
+    assert pool.stats().waits == 0
+
+
+@pytest.mark.asyncio
+async def test_a_mask_that_may_not_wait_gets_none() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    assert await pool.alloc(GFP_NOWAIT) is backing.made[0]
+    assert await pool.alloc(GFP_NOWAIT) is None
+    assert await pool.alloc(GFP_ATOMIC) is None
+    # No second try: the first one was not restricted.
+    assert backing.masks == [GFP_NOWAIT, GFP_NOWAIT, GFP_ATOMIC]
+    assert pool.waiters == 0
+
+
+def test_alloc_nowait_in_the_kernels_order() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    assert pool.alloc_nowait() is backing.made[-1]
+    backing.up = False
+    assert pool.alloc_nowait(GFP_ATOMIC) is backing.made[0]
+    assert pool.alloc_nowait() is None
+    assert backing.masks == [GFP_NOWAIT, GFP_ATOMIC, GFP_NOWAIT]
+
+
+def test_alloc_nowait_refuses_the_wait_bit() -> None:
+    pool = Backing().pool(1)
+    with pytest.raises(ValueError, match="DIRECT_RECLAIM"):
+        pool.alloc_nowait(GFP_KERNEL)
+    with pytest.raises(ValueError, match="DIRECT_RECLAIM"):
+        pool.alloc_nowait(int(GFP.DIRECT_RECLAIM | GFP.HIGH))
+
+
+@pytest.mark.asyncio
+async def test_zero_is_refused_because_the_reserve_is_not_zeroed() -> None:
+    pool = Backing().pool(1)
+    with pytest.raises(ValueError, match="GFP.ZERO"):
+        await pool.alloc(GFP_KERNEL | GFP.ZERO)
+    with pytest.raises(ValueError, match="GFP.ZERO"):
+        pool.alloc_nowait(GFP.ZERO)
+    with pytest.raises(ValueError, match="GFP.ZERO"):
+        pool.element(GFP.ZERO)
+
+
+@pytest.mark.asyncio
+async def test_bad_masks_and_timeouts_are_refused() -> None:
+    pool = Backing().pool(1)
+    with pytest.raises(TypeError, match="gfp_mask"):
+        await pool.alloc("GFP_KERNEL")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        await pool.alloc(timeout=-1)
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        await pool.alloc(timeout=float("nan"))
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        await pool.alloc(timeout="1")  # type: ignore[arg-type]
+    assert pool.stats().allocs == 0
+
+
+def test_memoryerror_from_alloc_fn_counts_as_none() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.fail_with = MemoryError()
+    assert pool.alloc_nowait() is backing.made[0]
+    assert pool.alloc_nowait() is None
+    assert pool.stats().alloc_fn_failures == 2
+
+
+@pytest.mark.asyncio
+async def test_other_errors_of_alloc_fn_propagate_and_change_nothing() -> None:
+    backing = Backing()
+    pool = backing.pool(2)
+    backing.fail_with = ZeroDivisionError("allocator bug")
+    with pytest.raises(ZeroDivisionError, match="allocator bug"):
+        await pool.alloc()
+    with pytest.raises(ZeroDivisionError):
+        pool.alloc_nowait()
+    stats = pool.stats()
+    assert (pool.curr_nr, stats.allocs, stats.outstanding) == (2, 0, 0)
+    backing.fail_with = None
+    assert await pool.alloc() is not None
+
+
+# -- free -----------------------------------------------------------------
+
+
+def test_free_refills_the_reserve_below_min_nr_and_disposes_above() -> None:
+    backing = Backing()
+    pool = backing.pool(2)
+    backing.up = False
+    a = pool.alloc_nowait()
+    assert pool.curr_nr == 1
+    pool.free(a)
+    assert pool.curr_nr == 2 and backing.freed == []
+    extra = Elem()
+    pool.free(extra)
+    assert backing.freed == [extra]
+    assert pool.curr_nr == 2
+
+
+def test_free_ignores_none() -> None:
+    pool = Backing().pool(1)
+    pool.free(None)
+    assert pool.stats().frees == 0
+
+
+def test_free_fn_errors_propagate_after_the_accounting() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    element = pool.alloc_nowait()
+    backing.free_error = OSError("munmap failed")
+    with pytest.raises(OSError, match="munmap"):
+        pool.free(element)
+    assert backing.freed == [element]
+    assert pool.stats().frees == 1 and pool.stats().outstanding == 0
+
+
+# -- resize ---------------------------------------------------------------
+
+
+def test_resize_grows_with_gfp_kernel() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    pool.resize(4)
+    assert (pool.min_nr, pool.curr_nr) == (4, 4)
+    assert backing.masks == [GFP_KERNEL] * 3
+
+
+def test_resize_growth_refills_what_is_missing() -> None:
+    backing = Backing()
+    pool = backing.pool(2)
+    backing.up = False
+    pool.alloc_nowait()
+    backing.up = True
+    pool.resize(3)
+    assert (pool.min_nr, pool.curr_nr) == (3, 3)
+
+
+def test_resize_that_cannot_grow_changes_nothing() -> None:
+    backing = Backing(supply=3)
+    pool = backing.pool(2)
+    with pytest.raises(MemoryError):
+        pool.resize(5)
+    assert (pool.min_nr, pool.curr_nr) == (2, 2)
+    assert backing.freed == [backing.made[2]]  # the one it made, given back
+
+
+def test_resize_shrinks_by_freeing_the_surplus_from_the_top() -> None:
+    backing = Backing()
+    pool = backing.pool(4)
+    top = backing.made[1:]
+    pool.resize(1)
+    assert (pool.min_nr, pool.curr_nr) == (1, 1)
+    assert sorted(e.n for e in backing.freed) == sorted(e.n for e in top)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError)]
+)
+def test_resize_checks_new_min_nr(value: Any, error: type) -> None:
+    pool = Backing().pool(2)
+    with pytest.raises(error, match="new_min_nr"):
+        pool.resize(value)
+    assert pool.min_nr == 2
+
+
+@pytest.mark.asyncio
+async def test_resize_serves_waiters_first() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    held = pool.alloc_nowait()
+    tasks = [asyncio.create_task(pool.alloc()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert pool.waiters == 2
+    backing.up = True
+    pool.resize(3)
+    got = await asyncio.gather(*tasks)
+    assert all(isinstance(e, Elem) for e in got)
+    assert pool.curr_nr == 1 and pool.min_nr == 3
+    pool.free(held)
+    assert pool.curr_nr == 2
+
+
+# -- close ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_close_frees_the_reserve_and_refuses_allocations() -> None:
+    backing = Backing()
+    pool = backing.pool(3)
+    out = await pool.alloc()
+    pool.close()
+    assert pool.closed and pool.curr_nr == 0
+    assert sorted(e.n for e in backing.freed) == sorted(e.n for e in backing.made[:3])
+    with pytest.raises(PoolClosedError):
+        await pool.alloc()
+    with pytest.raises(PoolClosedError):
+        await pool.alloc(GFP_NOWAIT, timeout=1)
+    with pytest.raises(PoolClosedError):
+        pool.alloc_nowait()
+    with pytest.raises(PoolClosedError):
+        pool.resize(5)
+    pool.free(out)  # an element freed after close goes to free_fn
+    assert backing.freed[-1] is out
+    pool.close()  # idempotent
+    assert len(backing.freed) == 4
+
+
+@pytest.mark.asyncio
+async def test_close_wakes_every_waiter_with_poolclosederror() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    pool.alloc_nowait()
+    tasks = [asyncio.create_task(pool.alloc()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert pool.waiters == 3
+    pool.close()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, PoolClosedError) for r in results)
+    assert pool.waiters == 0
+
+
+def test_close_frees_everything_even_if_free_fn_raises() -> None:
+    backing = Backing()
+    pool = backing.pool(3)
+    backing.free_error = OSError("first")
+    with pytest.raises(OSError, match="first"):
+        pool.close()
+    assert len(backing.freed) == 3
+    assert pool.closed
+
+
+@pytest.mark.asyncio
+async def test_async_with_closes_the_pool() -> None:
+    backing = Backing()
+    async with backing.pool(2) as pool:
+        assert not pool.closed
+    assert pool.closed and len(backing.freed) == 2
+
+
+# -- element() ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_element_allocates_and_frees() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    async with pool.element() as element:
+        assert isinstance(element, Elem)
+        assert pool.curr_nr == 0
+    assert pool.curr_nr == 1
+    with pytest.raises(KeyError):
+        async with pool.element():
+            raise KeyError
+    assert pool.curr_nr == 1
+    assert pool.stats().outstanding == 0
+
+
+@pytest.mark.asyncio
+async def test_element_frees_when_the_body_is_cancelled() -> None:
+    pool = Backing().pool(1)
+    entered = asyncio.Event()
+
+    async def body() -> None:
+        async with pool.element():
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(body())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.stats().outstanding == 0
+
+
+@pytest.mark.asyncio
+async def test_element_raises_pool_exhausted_for_a_mask_that_may_not_wait() -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    held = pool.alloc_nowait()
+    with pytest.raises(PoolExhaustedError, match="without waiting") as info:
+        async with pool.element(GFP_ATOMIC):
+            pass
+    assert isinstance(info.value, MemoryError)
+    pool.free(held)
+    async with pool.element(GFP_NOWAIT) as element:
+        assert element is held
+
+
+# -- stats, repr and logs ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_stats_count_what_happened() -> None:
+    backing = Backing()
+    pool = backing.pool(2, name="rx")
+    a = await pool.alloc()
+    backing.up = False
+    b = await pool.alloc()
+    assert pool.alloc_nowait() is not None
+    assert pool.alloc_nowait() is None
+    with pytest.raises(TimeoutError):
+        await pool.alloc(timeout=0.01)
+    pool.free(a)
+    pool.free(b)
+    stats = pool.stats()
+    assert stats.name == "rx"
+    assert (stats.allocs, stats.frees, stats.outstanding) == (3, 2, 1)
+    assert stats.reserve_hits == 2
+    assert stats.alloc_fn_failures == 5  # b, c, None (1 each), timeout (2)
+    assert (stats.waits, stats.timeouts) == (1, 1)
+    assert (stats.min_nr, stats.curr_nr, stats.waiters) == (2, 2, 0)
+    with pytest.raises(AttributeError):
+        stats.allocs = 0  # type: ignore[misc]
+
+
+def test_repr_shows_live_state() -> None:
+    pool = Backing().pool(4, name="rx")
+    pool.alloc_nowait()
+    assert repr(pool) == "<Mempool 'rx' min_nr=4 curr_nr=4 waiters=0>"
+    pool.close()
+    assert "closed" in repr(pool)
+
+
+def test_failed_allocations_log_a_warning_unless_nowarn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    pool.alloc_nowait()
+    with caplog.at_level(logging.WARNING, logger="aiomempool"):
+        assert pool.alloc_nowait(GFP.NOWARN) is None
+        assert caplog.records == []
+        assert pool.alloc_nowait() is None
+    assert len(caplog.records) == 1
+    assert "allocation failed" in caplog.records[0].getMessage()
+    assert caplog.records[0].name == "aiomempool"
+
+
+def test_a_storm_of_failures_is_rate_limited(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiomempool._ratelimit as ratelimit
+
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    pool.alloc_nowait()
+    with caplog.at_level(logging.WARNING, logger="aiomempool"):
+        for _ in range(1000):
+            pool.alloc_nowait()
+        assert len(caplog.records) == ratelimit.BURST
+        now[0] += ratelimit.INTERVAL
+        pool.alloc_nowait()
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{1000 - ratelimit.BURST} allocation failure warnings suppressed" in messages
+    assert len(messages) == ratelimit.BURST + 2
+
+
+def test_public_api_is_what_all_lists() -> None:
+    for name in aiomempool.__all__:
+        assert hasattr(aiomempool, name)
+    assert {"Mempool", "GFP", "GFP_KERNEL", "GFP_NOWAIT", "GFP_ATOMIC"} <= set(
+        aiomempool.__all__
+    )

@@ -1,0 +1,441 @@
+"""Mempool under contention: waiting, fairness, cancellation, timeouts,
+retries of the allocator, anyio cancel scopes, threads and loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from helpers import Backing, Elem, settle
+
+from aiomempool import GFP, GFP_ATOMIC, AllocTimeoutError, Mempool
+
+
+def drained(min_nr: int = 1, **kwargs: Any) -> tuple[Backing, Mempool[Elem], list[Elem]]:
+    """A pool whose allocator is down and whose reserve is all handed out."""
+    backing = Backing()
+    pool = backing.pool(min_nr, **kwargs)
+    backing.up = False
+    held = [pool.alloc_nowait() for _ in range(min_nr)]
+    assert pool.curr_nr == 0
+    return backing, pool, held  # type: ignore[return-value]
+
+
+async def park(pool: Mempool[Elem], n: int, **kwargs: Any) -> list[asyncio.Task[Any]]:
+    """Start n allocations, one after the other, and let them all park."""
+    tasks = []
+    for _ in range(n):
+        tasks.append(asyncio.create_task(pool.alloc(**kwargs)))
+        await asyncio.sleep(0)
+    assert pool.waiters == n
+    return tasks
+
+
+# -- waiting and fairness ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_alloc_waits_until_an_element_is_freed() -> None:
+    _, pool, (held,) = drained()
+    (task,) = await park(pool, 1)
+    await settle()
+    assert not task.done()
+    pool.free(held)
+    assert await task is held
+    stats = pool.stats()
+    assert (stats.waits, stats.reserve_hits, pool.waiters) == (1, 2, 0)
+    assert stats.max_wait_s > 0
+
+
+@pytest.mark.asyncio
+async def test_waiters_are_served_first_come_first_served() -> None:
+    _, pool, held = drained(3)
+    tasks = await park(pool, 5)
+    served: list[int] = []
+    for i, task in enumerate(tasks):
+        task.add_done_callback(lambda t, i=i: served.append(i))
+    for element in held:
+        pool.free(element)
+        await settle()
+    assert served == [0, 1, 2]
+    pool.free(await tasks[0])
+    pool.free(await tasks[1])
+    await settle()
+    assert served == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_a_freed_element_is_handed_to_the_waiter_not_taken_by_others() -> None:
+    # asyncio.Queue lets get_nowait() take the item put_nowait() woke a
+    # getter for; the pool must not.
+    _, pool, (held,) = drained()
+    (task,) = await park(pool, 1)
+    pool.free(held)
+    assert pool.curr_nr == 0  # handed over, not in the reserve
+    assert pool.alloc_nowait() is None
+    assert pool.alloc_nowait(GFP_ATOMIC) is None
+    assert await pool.alloc(GFP_ATOMIC) is None
+    assert await task is held
+
+
+@pytest.mark.asyncio
+async def test_new_callers_queue_behind_waiters_even_if_the_allocator_recovers() -> None:
+    backing, pool, (held,) = drained()
+    (first,) = await park(pool, 1)
+    backing.up = True
+    late = asyncio.create_task(pool.alloc())
+    await asyncio.sleep(0)
+    assert pool.waiters == 2
+    assert pool.alloc_nowait() is None  # nobody overtakes a waiter
+    pool.free(held)
+    assert await first is held
+    pool.free(held)
+    assert await late is held
+
+
+@pytest.mark.asyncio
+async def test_no_waiter_is_overtaken_more_than_once_by_each_other_task() -> None:
+    # 50 tasks share 2 elements in a tight alloc / yield / free loop. Served
+    # first come first served, a waiter sees at most one allocation by each
+    # other task while it waits; a pool that lets returning tasks barge (as
+    # an asyncio.Queue does) starves some waiters for far longer.
+    _, pool, held = drained(2)
+    for element in held:
+        pool.free(element)
+    ntasks, rounds = 50, 20
+    served = 0
+    worst = 0
+
+    async def worker() -> None:
+        nonlocal served, worst
+        for _ in range(rounds):
+            before = served
+            element = await pool.alloc()
+            worst = max(worst, served - before)
+            served += 1
+            await asyncio.sleep(0)
+            pool.free(element)
+
+    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(ntasks))), 10)
+    assert served == ntasks * rounds
+    assert worst <= ntasks - 1
+    assert pool.curr_nr == 2 and pool.waiters == 0
+
+
+# -- cancellation -----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_parked_waiter_loses_nothing() -> None:
+    _, pool, (held,) = drained()
+    a, b = await park(pool, 2)
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert pool.waiters == 1
+    pool.free(held)
+    assert await b is held
+    assert pool.waiters == 0
+
+
+@pytest.mark.asyncio
+async def test_cancel_after_the_hand_off_passes_the_element_to_the_next() -> None:
+    # asyncio.Condition on 3.10-3.12 drops the notification here.
+    _, pool, (held,) = drained()
+    a, b = await park(pool, 2)
+    pool.free(held)  # handed to a, which has not run yet
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert await asyncio.wait_for(b, 1) is held
+    assert pool.stats().outstanding == 1
+
+
+@pytest.mark.asyncio
+async def test_cancel_after_the_hand_off_refills_the_reserve_if_nobody_waits() -> None:
+    _, pool, (held,) = drained()
+    (a,) = await park(pool, 1)
+    pool.free(held)
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert pool.curr_nr == 1 and pool.waiters == 0
+    assert pool.stats().outstanding == 0
+    assert pool.alloc_nowait() is held
+
+
+@pytest.mark.asyncio
+async def test_timeout_raises_and_leaves_the_queue_clean() -> None:
+    _, pool, (held,) = drained()
+    with pytest.raises(AllocTimeoutError) as info:
+        await pool.alloc(timeout=0.02)
+    assert isinstance(info.value, TimeoutError)
+    assert pool.waiters == 0 and pool.stats().timeouts == 1
+    (b,) = await park(pool, 1)
+    pool.free(held)
+    assert await b is held
+
+
+@pytest.mark.asyncio
+async def test_timeout_zero_does_not_wait() -> None:
+    _, pool, _ = drained()
+    with pytest.raises(TimeoutError):
+        await pool.alloc(timeout=0)
+    assert pool.stats().waits == 0
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_whose_timer_fired_after_the_hand_off_keeps_the_element() -> None:
+    _, pool, (held,) = drained()
+    task = asyncio.create_task(pool.alloc(timeout=0.05))
+    await asyncio.sleep(0)
+    pool.free(held)
+    await asyncio.sleep(0.1)
+    assert await task is held
+    assert pool.stats().timeouts == 0
+
+
+@pytest.mark.asyncio
+async def test_timed_out_waiter_does_not_swallow_a_later_free() -> None:
+    _, pool, (held,) = drained()
+    slow = asyncio.create_task(pool.alloc(timeout=0.01))
+    await asyncio.sleep(0)
+    (patient,) = [asyncio.create_task(pool.alloc())]
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await slow
+    pool.free(held)
+    assert await patient is held
+
+
+@pytest.mark.asyncio
+async def test_many_cancelled_waiters_do_not_pile_up() -> None:
+    _, pool, (held,) = drained()
+    for _ in range(50):
+        tasks = await park(pool, 20)
+        for task in tasks[:-1]:
+            task.cancel()
+        await settle()
+        assert pool.waiters == 1
+        assert len(pool._queue) <= 2 * pool.waiters + 17  # type: ignore[attr-defined]
+        pool.free(held)
+        held = await tasks[-1]
+    assert pool.waiters == 0
+
+
+@pytest.mark.asyncio
+async def test_cancelled_element_context_entry_loses_nothing() -> None:
+    _, pool, (held,) = drained()
+
+    async def user() -> None:
+        async with pool.element():
+            pass
+
+    a = asyncio.create_task(user())
+    await asyncio.sleep(0)
+    pool.free(held)
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    assert pool.curr_nr == 1 and pool.stats().outstanding == 0
+
+
+# -- anyio ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_anyio_move_on_after_leaves_the_pool_consistent() -> None:
+    _, pool, (held,) = drained()
+    with anyio.move_on_after(0.02) as scope:
+        await pool.alloc()
+    assert scope.cancelled_caught
+    assert pool.waiters == 0
+    pool.free(held)
+    assert pool.curr_nr == 1
+
+
+@pytest.mark.asyncio
+async def test_anyio_cancel_scope_after_the_hand_off_loses_nothing() -> None:
+    # anyio does not cancel a task whose wait has already completed: the
+    # first waiter keeps the element it was handed. Either way, the element
+    # must end with exactly one task and nobody may be left waiting.
+    _, pool, (held,) = drained()
+    got: dict[str, Elem] = {}
+
+    async def waiter(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            got[name] = await pool.alloc()  # type: ignore[assignment]
+
+    first, second = anyio.CancelScope(), anyio.CancelScope()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, "first", first)
+        await settle()
+        tg.start_soon(waiter, "second", second)
+        await settle()
+        assert pool.waiters == 2
+        pool.free(held)  # handed to first ...
+        first.cancel()  # ... whose scope is cancelled before it runs
+        await settle()
+        second.cancel()
+    assert list(got.values()) == [held]
+    assert pool.waiters == 0 and pool.stats().outstanding == 1
+
+
+@pytest.mark.asyncio
+async def test_anyio_task_group_cancelled_while_many_wait() -> None:
+    _, pool, held = drained(4)
+    async with anyio.create_task_group() as tg:
+        for _ in range(30):
+            tg.start_soon(pool.alloc)
+        await settle()
+        assert pool.waiters == 30
+        tg.cancel_scope.cancel()
+    assert pool.waiters == 0
+    for element in held:
+        pool.free(element)
+    assert pool.curr_nr == 4
+
+
+# -- retries of the backing allocator ---------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_waiters_retry_the_allocator_when_it_may_have_recovered() -> None:
+    # Nothing is freed into this pool, but the allocator comes back: the
+    # kernel's timed retry wakes the first waiter, and each success the next.
+    backing, pool, held = drained(1, retry_interval=0.02)
+    tasks = await park(pool, 3)
+    backing.up = True
+    got = await asyncio.wait_for(asyncio.gather(*tasks), 1)
+    assert all(isinstance(e, Elem) for e in got)
+    assert pool.waiters == 0
+
+
+@pytest.mark.asyncio
+async def test_a_failed_retry_keeps_the_first_place_in_line() -> None:
+    backing, pool, (held,) = drained(1, retry_interval=0.01)
+    a, b = await park(pool, 2)
+    await asyncio.sleep(0.05)  # several retries, all failing
+    assert backing.masks.count(GFP.DIRECT_RECLAIM) >= 2
+    pool.free(held)
+    assert await a is held
+    assert not b.done()
+    b.cancel()
+
+
+@pytest.mark.asyncio
+async def test_retries_serve_waiters_in_order_until_the_allocator_fails() -> None:
+    backing, pool, (held,) = drained(1, retry_interval=0.01)
+    tasks = await park(pool, 3)
+    backing.up = True
+    backing.supply = 2
+    done, pending = await asyncio.wait(tasks, timeout=0.2)
+    assert done == set(tasks[:2]) and pending == {tasks[2]}
+    assert [t.result() for t in tasks[:2]] == backing.made[-2:]
+    assert pool.waiters == 1
+    pool.free(held)
+    assert await tasks[2] is held
+    assert pool.stats().reserve_hits == 2  # held twice; the rest were fresh
+
+
+def test_the_reserve_is_never_full_while_a_task_waits() -> None:
+    # Why free() never needs to leave a waiter behind: tasks park only on an
+    # empty reserve, and every free below min_nr goes to the first of them.
+    async def main() -> None:
+        backing, pool, held = drained(3)
+        tasks = await park(pool, 5)
+        for element in held:
+            pool.free(element)
+            assert pool.curr_nr == 0
+        assert pool.waiters == 2
+        for task in tasks[2:]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+@pytest.mark.asyncio
+async def test_an_allocator_error_in_a_retry_reaches_the_first_waiter_only() -> None:
+    backing, pool, (held,) = drained(1, retry_interval=0.01)
+    a, b = await park(pool, 2)
+    backing.fail_with = ZeroDivisionError("allocator bug")
+    with pytest.raises(ZeroDivisionError):
+        await asyncio.wait_for(a, 1)
+    backing.fail_with = None
+    assert pool.waiters == 1
+    pool.free(held)
+    assert await b is held
+
+
+# -- threads and loops ------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_free_threadsafe_returns_an_element_from_a_worker_thread() -> None:
+    _, pool, (held,) = drained()
+    (task,) = await park(pool, 1)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, pool.free_threadsafe, held)
+    assert await asyncio.wait_for(task, 1) is held
+
+
+@pytest.mark.asyncio
+async def test_free_threadsafe_with_an_explicit_loop() -> None:
+    _, pool, (held,) = drained()
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, lambda: pool.free_threadsafe(held, loop=loop))
+    await settle()
+    assert pool.curr_nr == 1
+
+
+def test_free_threadsafe_without_a_known_loop_says_what_to_do() -> None:
+    _, pool, (held,) = drained()
+    with pytest.raises(RuntimeError, match="pass loop="):
+        pool.free_threadsafe(held)
+
+
+def test_a_pool_moves_to_a_new_loop_when_nothing_waits() -> None:
+    _, pool, (held,) = drained()
+
+    async def cycle() -> Elem:
+        task = asyncio.create_task(pool.alloc())
+        await asyncio.sleep(0)
+        pool.free(held)
+        return await task
+
+    for _ in range(3):  # as a test suite does: a new loop each time
+        assert asyncio.run(cycle()) is held
+        pool.free(held)
+        pool.alloc_nowait()
+
+
+def test_waiting_from_a_second_loop_is_refused() -> None:
+    _, pool, (held,) = drained()
+    parked = threading.Event()
+    release = threading.Event()
+    result: list[Any] = []
+
+    def other_loop() -> None:
+        async def main() -> None:
+            task = asyncio.create_task(pool.alloc())
+            await asyncio.sleep(0)
+            parked.set()
+            while not release.is_set():
+                await asyncio.sleep(0.001)
+            task.cancel()
+            result.append(await asyncio.gather(task, return_exceptions=True))
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=other_loop)
+    thread.start()
+    assert parked.wait(5)
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(pool.alloc())
+    release.set()
+    thread.join(5)
+    assert pool.waiters == 0
