@@ -9,18 +9,17 @@ loop's single thread is the lock. A critical section is code with no
 wait queue runs to completion without awaiting.
 
 Invariants, kept by ``_put()`` (the only way into the reserve after
-construction) and ``_wait()`` (the only way to park):
+construction) and ``Waiting._park()`` (the only way to wait):
 
 * ``len(self._elements) <= self._min_nr``.
 * A task is parked only while the reserve is empty: it parks right after
   finding the reserve empty, with no await in between, and ``_put()``
   hands an element to a parked task before it would add to the reserve.
-* ``self._nparked`` counts the parked tasks: those whose future nobody has
-  resolved yet. While it is non-zero, no new caller takes anything: new
-  waiting callers queue at the back, others fail. Nobody barges.
-* ``self._gate == (self._closed or self._nparked > 0)``: one test that
-  sends the hot paths (``alloc``, ``alloc_nowait``, ``free``) to the slow
-  ones, where closing and waiting are handled.
+  So a free below ``min_nr`` always goes to the longest waiter, and a free
+  into a full reserve (to ``free_fn``) never happens while a task waits.
+
+The waiting side, its fairness and its cancellation rules are in
+``_waiting.py``.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ._ratelimit import RateLimitedWarning
-from ._waitqueue import CLOSED, TIMEDOUT, Fresh, Wake, WaitQueue
+from ._waiting import CLOSED, TIMEDOUT, Fresh, Waiting
 from .errors import AllocTimeoutError, PoolClosedError, PoolExhaustedError
 from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT, KERNEL_MASK, NOWAIT_MASK, decode_mask
 from .gfp import _Mask as Mask
@@ -67,7 +66,7 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class Mempool(Generic[T]):
+class Mempool(Waiting, Generic[T]):
     """A reserve of ``min_nr`` elements in front of a backing allocator.
 
     ``alloc_fn(gfp_mask, pool_data)`` makes an element, or returns ``None``
@@ -102,8 +101,7 @@ class Mempool(Generic[T]):
 
     __slots__ = (
         "_min_nr", "_elements", "_alloc_fn", "_free_fn", "_pool_data",
-        "_name", "_closed", "_nparked", "_gate", "_queue", "_loop",
-        "_retry_interval", "_retry_timer", "_warn",
+        "_name", "_warn",
         "_allocs", "_frees", "_reserve_hits", "_alloc_fn_failures",
         "_waits", "_timeouts", "_max_wait_s", "__weakref__",
     )  # fmt: skip
@@ -132,19 +130,15 @@ class Mempool(Generic[T]):
         self._free_fn = free_fn
         self._pool_data = pool_data
         self._name = name
-        self._closed = False
-        self._nparked = 0
-        self._gate = False
-        self._queue = WaitQueue()
+        Waiting.__init__(self, float(retry_interval))
         self._loop = _running_loop()
-        self._retry_interval = float(retry_interval)
-        self._retry_timer: asyncio.TimerHandle | None = None
         self._warn = RateLimitedWarning()
         self._allocs = self._frees = self._reserve_hits = 0
         self._alloc_fn_failures = self._waits = self._timeouts = 0
         self._max_wait_s = 0.0
         self._elements: list[T] = []
         self._elements = self._prealloc(min_nr)
+        self._regate()
 
     # -- introspection -----------------------------------------------------
 
@@ -235,24 +229,59 @@ class Mempool(Generic[T]):
                 element = None
             if element is None:
                 element = self._take_reserve(KERNEL_MASK)
-                if element is None:
-                    return await self._wait(KERNEL_MASK, None)
+                if element is not None:
+                    return element
+                mask = KERNEL_MASK
+            else:
+                self._allocs += 1
                 return element
-            self._allocs += 1
-            return element
-        mask = decode_mask(gfp_mask)
-        if self._closed:
-            raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
+        else:
+            mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
+            if self._closed:
+                raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
+            if timeout is not None:
+                _check_timeout(timeout)
+            if not self._nparked:
+                element = self._take(mask)
+                if element is not None:
+                    return element
+            if not mask.may_wait:
+                self._failed(mask)
+                return None
+            if timeout is not None and timeout <= 0:
+                raise self._timed_out(mask, timeout)
+        # Wait in line until handed an element. Inlined rather than a
+        # coroutine of its own: a contended pool goes through here per call.
+        fut = self._park(mask.full)
+        self._waits += 1
+        handle = None
         if timeout is not None:
-            _check_timeout(timeout)
-        if not self._nparked:
-            element = self._take(mask)
-            if element is not None:
-                return element
-        if not mask.may_wait:
-            self._failed(mask)
-            return None
-        return await self._wait(mask, timeout)
+            handle = fut.get_loop().call_later(timeout, self._expire, fut)
+        # uvloop's loop.time() ticks in milliseconds: fine for deadlines,
+        # too coarse to measure waits.
+        start = time.perf_counter()
+        try:
+            got = await fut
+        except BaseException:
+            self._left_early(fut)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        if type(got) is Fresh:
+            element = got.element
+        elif got is TIMEDOUT:
+            raise self._timed_out(mask, timeout)
+        elif got is CLOSED:
+            raise PoolClosedError(f"{self!r}: closed while waiting")
+        else:
+            element = got
+            self._reserve_hits += 1
+        self._allocs += 1
+        waited = time.perf_counter() - start
+        if waited > self._max_wait_s:
+            self._max_wait_s = waited
+        return element  # type: ignore[no-any-return]
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> T | None:
         """Allocate an element without waiting; ``None`` if there is none.
@@ -271,7 +300,7 @@ class Mempool(Generic[T]):
         # The hot path, _take() inlined: the default mask, no waiter, open.
         if gfp_mask is GFP_NOWAIT and not self._gate:
             try:
-                element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
+                element = self._alloc_fn(gfp_mask, self._pool_data)
             except MemoryError:
                 element = None
             if element is None:
@@ -316,6 +345,7 @@ class Mempool(Generic[T]):
         if self._elements:
             self._allocs += 1
             self._reserve_hits += 1
+            self._gate = True  # the reserve is below min_nr now
             return self._elements.pop()
         if not mask.may_wait:
             return None
@@ -337,139 +367,10 @@ class Mempool(Generic[T]):
                 "%r: allocation failed (gfp_mask=%r)", self, mask.full
             )
 
-    async def _wait(self, mask: Mask, timeout: float | None) -> T:
-        """Park until handed an element; the only place tasks wait."""
-        loop = asyncio.get_running_loop()
-        if self._nparked and loop is not self._loop:
-            raise RuntimeError(
-                f"{self!r} has tasks waiting on another event loop: a pool "
-                "is used by one event loop at a time"
-            )
-        self._loop = loop
-        if timeout is not None and timeout <= 0:
-            raise self._timed_out(mask, timeout)
-        fut = self._queue.park(loop, mask.full)
-        self._nparked += 1
-        self._gate = True
-        self._waits += 1
-        if self._retry_timer is None:
-            self._retry_timer = loop.call_later(self._retry_interval, self._retry_expired)
-        handle = None
-        if timeout is not None:
-            handle = loop.call_later(timeout, self._expire, fut)
-        # uvloop's loop.time() ticks in milliseconds: fine for deadlines,
-        # too coarse to measure waits.
-        start = time.perf_counter()
-        try:
-            got = await fut
-        except BaseException:
-            self._left_early(fut)
-            raise
-        finally:
-            if handle is not None:
-                handle.cancel()
-        if type(got) is Fresh:
-            element = got.element
-        elif got is TIMEDOUT:
-            raise self._timed_out(mask, timeout)
-        elif got is CLOSED:
-            raise PoolClosedError(f"{self!r}: closed while waiting")
-        else:
-            element = got
-            self._reserve_hits += 1
-        self._allocs += 1
-        waited = time.perf_counter() - start
-        if waited > self._max_wait_s:
-            self._max_wait_s = waited
-        return element  # type: ignore[no-any-return]
-
-    def _hand(self, value: object) -> bool:
-        """Give ``value`` to the first parked task; False if none is parked."""
-        if self._nparked and self._queue.hand(value):
-            self._unparked()
-            return True
-        return False
-
-    def _unparked(self) -> None:
-        """One parked task less: its future was resolved or it left."""
-        self._nparked -= 1
-        if not self._nparked:
-            self._gate = self._closed
-            self._queue.clear()  # every entry still queued is dead
-            if self._retry_timer is not None:
-                self._retry_timer.cancel()
-                self._retry_timer = None
-
-    def _expire(self, fut: asyncio.Future[Any]) -> None:
-        if not fut.done():
-            fut.set_result(TIMEDOUT)
-            self._unparked()
-
-    def _left_early(self, fut: asyncio.Future[Any]) -> None:
-        """A waiter leaves by an exception (cancellation, mostly).
-
-        Whatever it was handed is passed on, so that a cancellation arriving
-        after the wake-up (where asyncio.Condition on 3.10-3.12 drops the
-        notification) loses nothing.
-        """
-        if not fut.done():
-            fut.cancel()  # thrown in by something else: make it dead
-        if fut.cancelled():
-            self._unparked()
-            self._queue.compact(self._nparked)
-            return
-        if fut.exception() is not None:
-            return
-        got = fut.result()
-        if type(got) is Fresh:
-            self._put(got.element)
-        elif not isinstance(got, Wake):
-            self._put(got)
-
     def _timed_out(self, mask: Mask, timeout: float | None) -> AllocTimeoutError:
         self._timeouts += 1
         self._failed(mask)
         return AllocTimeoutError(f"{self!r}: no element within {timeout} s")
-
-    def _retry(self) -> None:
-        """The backing allocator may succeed now: ask it for the parked
-        tasks, first come first served, each with its own mask, until it
-        fails.
-
-        In the kernel every sleeper retries for itself when it wakes; here
-        the pool retries on behalf of the first in line and hands it the
-        result, so nobody can overtake it between its wake-up and its try.
-        An error of alloc_fn is raised in that waiter, whose call it was.
-        """
-        while self._nparked:
-            entry = self._queue.first()
-            if entry is None:
-                return
-            try:
-                element = self._alloc_fn(entry[1], self._pool_data)
-            except MemoryError:
-                element = None
-            except Exception as exc:
-                if self._queue.fail(exc):
-                    self._unparked()
-                return
-            if element is None:
-                self._alloc_fn_failures += 1
-                return
-            # alloc_fn may have re-entered the pool: hand to whoever is
-            # first now, or put the element back if nobody is left.
-            if not self._hand(Fresh(element)):
-                self._put(element)
-
-    def _retry_expired(self) -> None:
-        # The kernel's 5-second timeout: the allocator may have recovered
-        # although nothing came back to this pool.
-        self._retry_timer = None
-        self._retry()
-        if self._nparked and self._loop is not None and self._retry_timer is None:
-            self._retry_timer = self._loop.call_later(
-                self._retry_interval, self._retry_expired
-            )
 
     # -- freeing -----------------------------------------------------------
 
@@ -492,13 +393,19 @@ class Mempool(Generic[T]):
         """
         if element is not None:
             self._frees += 1
-            # The hot path, _put() inlined for an open pool nobody waits on.
+            # The hot path, for a pool in its steady state: see _regate().
             if self._gate:
                 self._put(element)
-            elif len(self._elements) < self._min_nr:
-                self._elements.append(element)
             else:
                 self._free_fn(element, self._pool_data)
+
+    def _regate(self) -> None:
+        """Recompute ``_gate``: False only in the steady state, where the
+        hot paths run: open, nobody parked, the reserve full. Called
+        wherever one of the three may have changed."""
+        self._gate = (
+            self._closed or self._nparked > 0 or len(self._elements) < self._min_nr
+        )
 
     def _put(self, element: T) -> None:
         """The element goes to the first waiter, the reserve or free_fn."""
@@ -507,12 +414,14 @@ class Mempool(Generic[T]):
             # to the longest waiter; the reserve gets it if nobody is parked.
             if not self._hand(element):
                 self._elements.append(element)
+                self._regate()
             return
+        # By the invariant nobody is parked here; were a task parked (an
+        # alloc_fn that frees into its own pool can make it so), it would
+        # be the allocator, just given memory back, that could serve it.
         try:
             self._free_fn(element, self._pool_data)
         finally:
-            # free_fn gave memory back to the allocator, which may now have
-            # something for a waiter (even if free_fn raised).
             if self._nparked:
                 self._retry()
 
@@ -591,10 +500,12 @@ class Mempool(Generic[T]):
             self._min_nr = new_min_nr
             surplus = elements[new_min_nr:]
             del elements[new_min_nr:]
+            self._regate()
             self._free_all(surplus)
             return
         made = self._prealloc(new_min_nr - len(elements))
         self._min_nr = new_min_nr
+        self._gate = True
         for element in made:
             self._put(element)
 
