@@ -21,7 +21,7 @@ class RateLimitedWarning:
     it is reported, then reset, by the first record of the next window.
     """
 
-    __slots__ = ("interval", "burst", "begin", "printed", "missed")
+    __slots__ = ("begin", "burst", "interval", "missed", "printed")
 
     def __init__(self, interval: float = INTERVAL, burst: int = BURST) -> None:
         self.interval = interval
@@ -34,9 +34,7 @@ class RateLimitedWarning:
         now = time.monotonic()
         if not self.printed or now - self.begin >= self.interval:
             if self.missed:
-                logger.warning(
-                    "%d allocation failure warnings suppressed", self.missed
-                )
+                logger.warning("%d allocation failure warnings suppressed", self.missed)
             self.begin = now
             self.printed = 0
             self.missed = 0

@@ -69,15 +69,18 @@ class Waiting:
     """The waiting half of a Mempool: its line of parked tasks."""
 
     __slots__ = (
-        "_entries", "_nparked", "_gate", "_closed", "_loop",
-        "_retry_interval", "_retry_timer",
+        "_closed",
+        "_entries",
+        "_gate",
+        "_loop",
+        "_nparked",
+        "_retry_interval",
+        "_retry_timer",
     )  # fmt: skip
 
     if TYPE_CHECKING:  # provided by Mempool
-        _pool_data: Any
-        _alloc_fn_failures: int
 
-        def _alloc_fn(self, gfp_mask: GFP, pool_data: Any) -> Any: ...
+        def _call_alloc_fn(self, gfp_mask: GFP) -> Any: ...
         def _put(self, element: Any) -> None: ...
         def _regate(self) -> None: ...
 
@@ -103,7 +106,9 @@ class Waiting:
             assert loop is not None
         else:
             loop = self._loop = asyncio.get_running_loop()
-            self._retry_timer = loop.call_later(self._retry_interval, self._retry_expired)
+            self._retry_timer = loop.call_later(
+                self._retry_interval, self._retry_expired
+            )
         fut: asyncio.Future[Any] = loop.create_future()
         self._entries.append((fut, gfp_mask))
         self._nparked += 1
@@ -185,9 +190,7 @@ class Waiting:
                 entries.popleft()
                 continue
             try:
-                element = self._alloc_fn(gfp_mask, self._pool_data)
-            except MemoryError:
-                element = None
+                element = self._call_alloc_fn(gfp_mask)
             except Exception as exc:
                 if not fut.done():  # alloc_fn may have re-entered the pool
                     entries.popleft()
@@ -195,7 +198,6 @@ class Waiting:
                     self._unparked()
                 return
             if element is None:
-                self._alloc_fn_failures += 1
                 return
             # alloc_fn may have re-entered the pool: hand to whoever is
             # first now, or put the element back if nobody is left.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 __all__ = [
     "AllocTimeoutError",
@@ -32,7 +33,7 @@ class PoolExhaustedError(MempoolError, MemoryError):
 # its own on 3.10: derive from both so that either ``except`` catches it.
 _TIMEOUT_BASES: tuple[type[BaseException], ...] = (
     (TimeoutError,)
-    if asyncio.TimeoutError is TimeoutError
+    if sys.version_info >= (3, 11)
     else (TimeoutError, asyncio.TimeoutError)
 )
 

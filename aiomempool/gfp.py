@@ -11,7 +11,7 @@ valid mask is decoded once, at import, into the table ``_MASKS``.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 __all__ = ["GFP", "GFP_ATOMIC", "GFP_KERNEL", "GFP_NOWAIT"]
 
@@ -77,6 +77,25 @@ KERNEL_MASK = _MASKS[GFP_KERNEL.value]
 NOWAIT_MASK = _MASKS[GFP_NOWAIT.value]
 
 
+_NAMES = {0: "GFP_NOWAIT", 0x1: "GFP_KERNEL", 0x2: "GFP_ATOMIC"}
+
+
+class MaskText:
+    """A mask as a reader wants it in a log line, formatted only if logged."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        value = self.value
+        name = _NAMES.get(value)
+        if name is not None:
+            return name
+        return "|".join(f"GFP.{f.name}" for f in GFP if value & f.value)
+
+
 def decode_mask(gfp_mask: object) -> _Mask:
     """Check ``gfp_mask`` and return its decoded form.
 
@@ -85,13 +104,12 @@ def decode_mask(gfp_mask: object) -> _Mask:
     """
     kind = type(gfp_mask)
     if kind is not GFP and kind is not int:
-        raise TypeError(
-            f"gfp_mask must be a GFP flag or an int, not {kind.__name__}"
-        )
-    info = _MASKS.get(gfp_mask)  # type: ignore[call-overload]
+        raise TypeError(f"gfp_mask must be a GFP flag or an int, not {kind.__name__}")
+    value = cast(int, gfp_mask)
+    info = _MASKS.get(value)
     if info is not None:
         return info
-    value = int(gfp_mask)  # type: ignore[call-overload]
+    value = int(value)
     if value & GFP.ZERO.value and not value & ~_ALL_BITS:
         raise ValueError(
             "gfp_mask must not hold GFP.ZERO: a mempool hands out reserved "

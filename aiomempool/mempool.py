@@ -28,12 +28,20 @@ import asyncio
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from ._ratelimit import RateLimitedWarning
 from ._waiting import CLOSED, TIMEDOUT, Fresh, Waiting
 from .errors import AllocTimeoutError, PoolClosedError, PoolExhaustedError
-from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT, KERNEL_MASK, NOWAIT_MASK, decode_mask
+from .gfp import (
+    GFP,
+    GFP_KERNEL,
+    GFP_NOWAIT,
+    KERNEL_MASK,
+    NOWAIT_MASK,
+    MaskText,
+    decode_mask,
+)
 from .gfp import _Mask as Mask
 from .stats import MempoolStats
 
@@ -100,10 +108,21 @@ class Mempool(Waiting, Generic[T]):
     """
 
     __slots__ = (
-        "_min_nr", "_elements", "_alloc_fn", "_free_fn", "_pool_data",
-        "_name", "_warn",
-        "_allocs", "_frees", "_reserve_hits", "_alloc_fn_failures",
-        "_waits", "_timeouts", "_max_wait_s", "__weakref__",
+        "__weakref__",
+        "_alloc_fn",
+        "_alloc_fn_failures",
+        "_allocs",
+        "_elements",
+        "_free_fn",
+        "_frees",
+        "_max_wait_s",
+        "_min_nr",
+        "_name",
+        "_pool_data",
+        "_reserve_hits",
+        "_timeouts",
+        "_waits",
+        "_warn",
     )  # fmt: skip
 
     def __init__(
@@ -124,7 +143,9 @@ class Mempool(Waiting, Generic[T]):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
         _check_timeout(retry_interval)
         if not retry_interval > 0:
-            raise ValueError(f"retry_interval must be > 0 seconds, got {retry_interval}")
+            raise ValueError(
+                f"retry_interval must be > 0 seconds, got {retry_interval}"
+            )
         self._min_nr = min_nr
         self._alloc_fn = alloc_fn
         self._free_fn = free_fn
@@ -228,6 +249,7 @@ class Mempool(Waiting, Generic[T]):
             except MemoryError:
                 element = None
             if element is None:
+                self._alloc_fn_failures += 1
                 element = self._take_reserve(KERNEL_MASK)
                 if element is not None:
                     return element
@@ -269,7 +291,7 @@ class Mempool(Waiting, Generic[T]):
             if handle is not None:
                 handle.cancel()
         if type(got) is Fresh:
-            element = got.element
+            element = cast(T, got.element)
         elif got is TIMEDOUT:
             raise self._timed_out(mask, timeout)
         elif got is CLOSED:
@@ -281,7 +303,7 @@ class Mempool(Waiting, Generic[T]):
         waited = time.perf_counter() - start
         if waited > self._max_wait_s:
             self._max_wait_s = waited
-        return element  # type: ignore[no-any-return]
+        return element
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> T | None:
         """Allocate an element without waiting; ``None`` if there is none.
@@ -304,6 +326,7 @@ class Mempool(Waiting, Generic[T]):
             except MemoryError:
                 element = None
             if element is None:
+                self._alloc_fn_failures += 1
                 element = self._take_reserve(NOWAIT_MASK)
                 if element is None:
                     self._failed(NOWAIT_MASK)
@@ -330,10 +353,7 @@ class Mempool(Waiting, Generic[T]):
 
         The caller has checked that the pool is open and nobody waits.
         """
-        try:
-            element = self._alloc_fn(mask.first, self._pool_data)
-        except MemoryError:
-            element = None
+        element = self._call_alloc_fn(mask.first)
         if element is None:
             return self._take_reserve(mask)
         self._allocs += 1
@@ -341,7 +361,6 @@ class Mempool(Waiting, Generic[T]):
 
     def _take_reserve(self, mask: Mask) -> T | None:
         """What _take() does once the cheap first try has failed."""
-        self._alloc_fn_failures += 1
         if self._elements:
             self._allocs += 1
             self._reserve_hits += 1
@@ -351,20 +370,25 @@ class Mempool(Waiting, Generic[T]):
             return None
         # The reserve is empty and the first try was restricted: now the
         # allocator may do what it takes.
+        element = self._call_alloc_fn(mask.full)
+        if element is not None:
+            self._allocs += 1
+        return element
+
+    def _call_alloc_fn(self, gfp_mask: GFP) -> T | None:
+        """alloc_fn, a MemoryError read as None; counts failures."""
         try:
-            element = self._alloc_fn(mask.full, self._pool_data)
+            element = self._alloc_fn(gfp_mask, self._pool_data)
         except MemoryError:
             element = None
         if element is None:
             self._alloc_fn_failures += 1
-            return None
-        self._allocs += 1
         return element
 
     def _failed(self, mask: Mask) -> None:
         if not mask.nowarn:
             self._warn.warn(
-                "%r: allocation failed (gfp_mask=%r)", self, mask.full
+                "%r: allocation failed (gfp_mask=%s)", self, MaskText(mask.full)
             )
 
     def _timed_out(self, mask: Mask, timeout: float | None) -> AllocTimeoutError:
@@ -566,9 +590,11 @@ class Mempool(Waiting, Generic[T]):
 class ElementContext(Generic[T]):
     """What ``Mempool.element()`` returns: an async context manager."""
 
-    __slots__ = ("_pool", "_gfp_mask", "_timeout", "_element")
+    __slots__ = ("_element", "_gfp_mask", "_pool", "_timeout")
 
-    def __init__(self, pool: Mempool[T], gfp_mask: GFP | int, timeout: float | None) -> None:
+    def __init__(
+        self, pool: Mempool[T], gfp_mask: GFP | int, timeout: float | None
+    ) -> None:
         self._pool = pool
         self._gfp_mask = gfp_mask
         self._timeout = timeout
@@ -594,4 +620,3 @@ class ElementContext(Generic[T]):
     ) -> None:
         element, self._element = self._element, None
         self._pool.free(element)
-

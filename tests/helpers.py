@@ -66,4 +66,3 @@ async def settle(rounds: int = 5) -> None:
     """Let every ready task run a few steps."""
     for _ in range(rounds):
         await asyncio.sleep(0)
-

@@ -39,7 +39,7 @@ def test_decode_refuses_what_is_not_a_mask(bad: object) -> None:
 
 
 def test_decode_refuses_zero_with_the_reason() -> None:
-    with pytest.raises(ValueError, match="GFP.ZERO"):
+    with pytest.raises(ValueError, match=r"GFP\.ZERO"):
         decode_mask(GFP_KERNEL | GFP.ZERO)
 
 

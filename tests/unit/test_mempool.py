@@ -190,11 +190,11 @@ def test_alloc_nowait_refuses_the_wait_bit() -> None:
 @pytest.mark.asyncio
 async def test_zero_is_refused_because_the_reserve_is_not_zeroed() -> None:
     pool = Backing().pool(1)
-    with pytest.raises(ValueError, match="GFP.ZERO"):
+    with pytest.raises(ValueError, match=r"GFP\.ZERO"):
         await pool.alloc(GFP_KERNEL | GFP.ZERO)
-    with pytest.raises(ValueError, match="GFP.ZERO"):
+    with pytest.raises(ValueError, match=r"GFP\.ZERO"):
         pool.alloc_nowait(GFP.ZERO)
-    with pytest.raises(ValueError, match="GFP.ZERO"):
+    with pytest.raises(ValueError, match=r"GFP\.ZERO"):
         pool.element(GFP.ZERO)
 
 
@@ -516,7 +516,9 @@ def test_a_storm_of_failures_is_rate_limited(
         now[0] += ratelimit.INTERVAL
         pool.alloc_nowait()
     messages = [r.getMessage() for r in caplog.records]
-    assert f"{1000 - ratelimit.BURST} allocation failure warnings suppressed" in messages
+    assert (
+        f"{1000 - ratelimit.BURST} allocation failure warnings suppressed" in messages
+    )
     assert len(messages) == ratelimit.BURST + 2
 
 

@@ -14,7 +14,9 @@ from helpers import Backing, Elem, settle
 from aiomempool import GFP, GFP_ATOMIC, AllocTimeoutError, Mempool
 
 
-def drained(min_nr: int = 1, **kwargs: Any) -> tuple[Backing, Mempool[Elem], list[Elem]]:
+def drained(
+    min_nr: int = 1, **kwargs: Any
+) -> tuple[Backing, Mempool[Elem], list[Elem]]:
     """A pool whose allocator is down and whose reserve is all handed out."""
     backing = Backing()
     pool = backing.pool(min_nr, **kwargs)
@@ -82,7 +84,9 @@ async def test_a_freed_element_is_handed_to_the_waiter_not_taken_by_others() -> 
 
 
 @pytest.mark.asyncio
-async def test_new_callers_queue_behind_waiters_even_if_the_allocator_recovers() -> None:
+async def test_new_callers_queue_behind_waiters_even_if_the_allocator_recovers() -> (
+    None
+):
     backing, pool, (held,) = drained()
     (first,) = await park(pool, 1)
     backing.up = True
@@ -188,7 +192,9 @@ async def test_timeout_zero_does_not_wait() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_waiter_whose_timer_fired_after_the_hand_off_keeps_the_element() -> None:
+async def test_a_waiter_whose_timer_fired_after_the_hand_off_keeps_the_element() -> (
+    None
+):
     _, pool, (held,) = drained()
     task = asyncio.create_task(pool.alloc(timeout=0.05))
     await asyncio.sleep(0)
@@ -306,7 +312,7 @@ async def test_anyio_task_group_cancelled_while_many_wait() -> None:
 async def test_waiters_retry_the_allocator_when_it_may_have_recovered() -> None:
     # Nothing is freed into this pool, but the allocator comes back: the
     # kernel's timed retry wakes the first waiter, and each success the next.
-    backing, pool, held = drained(1, retry_interval=0.02)
+    backing, pool, _ = drained(1, retry_interval=0.02)
     tasks = await park(pool, 3)
     backing.up = True
     got = await asyncio.wait_for(asyncio.gather(*tasks), 1)
@@ -345,7 +351,7 @@ def test_the_reserve_is_never_full_while_a_task_waits() -> None:
     # Why free() never needs to leave a waiter behind: tasks park only on an
     # empty reserve, and every free below min_nr goes to the first of them.
     async def main() -> None:
-        backing, pool, held = drained(3)
+        _, pool, held = drained(3)
         tasks = await park(pool, 5)
         for element in held:
             pool.free(element)
@@ -414,7 +420,7 @@ def test_a_pool_moves_to_a_new_loop_when_nothing_waits() -> None:
 
 
 def test_waiting_from_a_second_loop_is_refused() -> None:
-    _, pool, (held,) = drained()
+    _, pool, _ = drained()
     parked = threading.Event()
     release = threading.Event()
     result: list[Any] = []

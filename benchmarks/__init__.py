@@ -1,0 +1,1 @@
+"""Benchmarks of aiomempool against the standard library's asyncio primitives."""
