@@ -22,11 +22,16 @@ popped at most once, and ``_compact()`` bounds the dead ones still queued.
 
 Invariants:
 
-* ``_nparked`` is the number of live (not done) futures in ``_entries``.
+* ``_nparked`` counts the tasks that parked and have not left: the live
+  (not done) futures in ``_entries``, plus those cancelled by
+  ``task.cancel()`` whose task has not run yet to leave. So it bounds the
+  live futures from above, and is exact once every woken task has run;
+  ``_in_line()`` tells whether a live one is queued.
 * ``_gate == (_closed or _nparked > 0 or the reserve below min_nr)``: the
   one test that sends the pool's hot paths to the slow ones, where closing,
   waiting and refilling are handled (see ``Mempool._regate()``).
-* No new caller takes anything while ``_nparked > 0``: nobody barges.
+* No new caller takes anything while a live future is queued: nobody
+  barges.
 """
 
 from __future__ import annotations
@@ -115,10 +120,19 @@ class Waiting:
         self._gate = True
         return fut
 
+    def _in_line(self) -> bool:
+        """True if a live future is queued; drops dead ones from the head."""
+        entries = self._entries
+        while entries:
+            if not entries[0][0].done():
+                return True
+            entries.popleft()
+        return False
+
     def _hand(self, value: object) -> bool:
         """Resolve the first live future with ``value``; False if none."""
         entries = self._entries
-        while self._nparked:
+        while entries:
             fut = entries.popleft()[0]
             if not fut.done():
                 fut.set_result(value)
@@ -184,7 +198,7 @@ class Waiting:
         An error of alloc_fn is raised in that waiter, whose call it was.
         """
         entries = self._entries
-        while self._nparked:
+        while entries:
             fut, gfp_mask = entries[0]
             if fut.done():
                 entries.popleft()

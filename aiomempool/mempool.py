@@ -263,7 +263,7 @@ class Mempool(Waiting, Generic[T]):
                 raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
             if timeout is not None:
                 _check_timeout(timeout)
-            if not self._nparked:
+            if not (self._nparked and self._in_line()):
                 element = self._take(mask)
                 if element is not None:
                     return element
@@ -341,7 +341,7 @@ class Mempool(Waiting, Generic[T]):
             )
         if self._closed:
             raise PoolClosedError(f"{self!r}: alloc_nowait() on a closed pool")
-        if not self._nparked:
+        if not (self._nparked and self._in_line()):
             element = self._take(mask)
             if element is not None:
                 return element

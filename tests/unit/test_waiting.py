@@ -172,6 +172,33 @@ async def test_cancel_after_the_hand_off_refills_the_reserve_if_nobody_waits() -
 
 
 @pytest.mark.asyncio
+async def test_a_free_after_cancels_that_have_not_run_yet_refills_the_reserve() -> None:
+    # The cancelled tasks still count as waiting until they run; the free
+    # must skip them, not hand to them nor fail.
+    _, pool, (held,) = drained()
+    tasks = await park(pool, 3)
+    for task in tasks:
+        task.cancel()
+    pool.free(held)
+    assert pool.curr_nr == 1
+    assert pool.alloc_nowait() is held  # nobody live is in line
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert pool.waiters == 0
+
+
+@pytest.mark.asyncio
+async def test_a_newcomer_behind_only_cancelled_waiters_does_not_park() -> None:
+    _, pool, (held,) = drained()
+    (gone,) = await park(pool, 1)
+    gone.cancel()
+    pool.free(held)
+    assert await asyncio.wait_for(pool.alloc(), 1) is held
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert pool.waiters == 0 and pool.curr_nr == 0
+
+
+@pytest.mark.asyncio
 async def test_timeout_raises_and_leaves_the_queue_clean() -> None:
     _, pool, (held,) = drained()
     with pytest.raises(AllocTimeoutError) as info:
