@@ -4,6 +4,7 @@ A ``Mempool`` keeps a reserve of ``min_nr`` preallocated elements so that
 work can always make progress when the backing allocator fails.
 """
 
+from .element import ElementContext
 from .errors import (
     AllocTimeoutError,
     MempoolError,
@@ -11,7 +12,7 @@ from .errors import (
     PoolExhaustedError,
 )
 from .gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
-from .mempool import ElementContext, Mempool
+from .mempool import Mempool
 from .stats import MempoolStats
 
 __all__ = [

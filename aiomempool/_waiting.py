@@ -150,6 +150,14 @@ class Waiting:
                 self._retry_timer.cancel()
                 self._retry_timer = None
 
+    def _close_line(self) -> None:
+        """Tell every parked task the pool closed; stop the retry timer."""
+        while self._hand(CLOSED):
+            pass
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+
     def _expire(self, fut: asyncio.Future[Any]) -> None:
         """A waiter's timeout: resolve its future, if nobody has yet."""
         if not fut.done():

@@ -19,7 +19,8 @@ construction) and ``Waiting._park()`` (the only way to wait):
   into a full reserve (to ``free_fn``) never happens while a task waits.
 
 The waiting side, its fairness and its cancellation rules are in
-``_waiting.py``.
+``_waiting.py``; filling, resizing and closing the reserve in
+``_reserve.py``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, TypeVar, cast
 
+from ._checks import check_nr, check_timeout, running_loop
 from ._ratelimit import RateLimitedWarning
+from ._reserve import Reserve
 from ._waiting import CLOSED, TIMEDOUT, Fresh, Waiting
-from .errors import AllocTimeoutError, PoolClosedError, PoolExhaustedError
+from .element import ElementContext
+from .errors import AllocTimeoutError, PoolClosedError
 from .gfp import (
     GFP,
     GFP_KERNEL,
@@ -50,31 +53,7 @@ __all__ = ["Mempool"]
 T = TypeVar("T")
 
 
-def _check_nr(arg: str, value: object) -> int:
-    if type(value) is not int:
-        raise TypeError(f"{arg} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{arg} must be >= 1, got {value}")
-    return value
-
-
-def _check_timeout(timeout: object) -> None:
-    if type(timeout) is bool or not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
-        )
-    if not timeout >= 0:  # also refuses NaN
-        raise ValueError(f"timeout must be >= 0 seconds, got {timeout}")
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-class Mempool(Waiting, Generic[T]):
+class Mempool(Reserve[T]):
     """A reserve of ``min_nr`` elements in front of a backing allocator.
 
     ``alloc_fn(gfp_mask, pool_data)`` makes an element, or returns ``None``
@@ -112,11 +91,9 @@ class Mempool(Waiting, Generic[T]):
         "_alloc_fn",
         "_alloc_fn_failures",
         "_allocs",
-        "_elements",
         "_free_fn",
         "_frees",
         "_max_wait_s",
-        "_min_nr",
         "_name",
         "_pool_data",
         "_reserve_hits",
@@ -135,13 +112,13 @@ class Mempool(Waiting, Generic[T]):
         name: str | None = None,
         retry_interval: float = 5.0,
     ) -> None:
-        _check_nr("min_nr", min_nr)
+        check_nr("min_nr", min_nr)
         for arg, fn in (("alloc_fn", alloc_fn), ("free_fn", free_fn)):
             if not callable(fn):
                 raise TypeError(f"{arg} must be callable, not {type(fn).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-        _check_timeout(retry_interval)
+        check_timeout(retry_interval)
         if not retry_interval > 0:
             raise ValueError(
                 f"retry_interval must be > 0 seconds, got {retry_interval}"
@@ -152,7 +129,7 @@ class Mempool(Waiting, Generic[T]):
         self._pool_data = pool_data
         self._name = name
         Waiting.__init__(self, float(retry_interval))
-        self._loop = _running_loop()
+        self._loop = running_loop()
         self._warn = RateLimitedWarning()
         self._allocs = self._frees = self._reserve_hits = 0
         self._alloc_fn_failures = self._waits = self._timeouts = 0
@@ -262,7 +239,7 @@ class Mempool(Waiting, Generic[T]):
             if self._closed:
                 raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
             if timeout is not None:
-                _check_timeout(timeout)
+                check_timeout(timeout)
             if not (self._nparked and self._in_line()):
                 element = self._take(mask)
                 if element is not None:
@@ -471,104 +448,6 @@ class Mempool(Waiting, Generic[T]):
             )
         target.call_soon_threadsafe(self.free, element)
 
-    # -- the reserve -------------------------------------------------------
-
-    def _prealloc(self, count: int) -> list[T]:
-        """Make ``count`` elements with ``alloc_fn(GFP_KERNEL)``, or none."""
-        made: list[T] = []
-        try:
-            for _ in range(count):
-                try:
-                    element = self._alloc_fn(GFP_KERNEL, self._pool_data)
-                except MemoryError:
-                    element = None
-                if element is None:
-                    self._alloc_fn_failures += 1
-                    raise MemoryError(
-                        f"alloc_fn made {len(made)} of the {count} elements asked for"
-                    )
-                made.append(element)
-        except BaseException:
-            self._free_all(made, suppress=True)
-            raise
-        return made
-
-    def _free_all(self, elements: list[T], suppress: bool = False) -> None:
-        """free_fn on every element, even if some raise; then the first."""
-        error: BaseException | None = None
-        for element in elements:
-            try:
-                self._free_fn(element, self._pool_data)
-            except BaseException as exc:
-                error = error or exc
-        if error is not None and not suppress:
-            raise error
-
-    def resize(self, new_min_nr: int) -> None:
-        """Change ``min_nr``, the kernel's ``mempool_resize()``.
-
-        Growing allocates the missing elements with ``alloc_fn(GFP_KERNEL)``
-        all at once, handing them to waiters first; shrinking frees the
-        surplus of the reserve with ``free_fn``. Synchronous.
-
-        Raises:
-            TypeError, ValueError: ``new_min_nr`` is not an int >= 1.
-            MemoryError: ``alloc_fn`` failed; nothing changed.
-            PoolClosedError: the pool is closed.
-        """
-        _check_nr("new_min_nr", new_min_nr)
-        if self._closed:
-            raise PoolClosedError(f"{self!r}: resize() on a closed pool")
-        elements = self._elements
-        if new_min_nr <= len(elements):
-            self._min_nr = new_min_nr
-            surplus = elements[new_min_nr:]
-            del elements[new_min_nr:]
-            self._regate()
-            self._free_all(surplus)
-            return
-        made = self._prealloc(new_min_nr - len(elements))
-        self._min_nr = new_min_nr
-        self._gate = True
-        for element in made:
-            self._put(element)
-
-    # -- closing -----------------------------------------------------------
-
-    def close(self) -> None:
-        """Free the reserve and refuse further allocations; idempotent.
-
-        The ``mempool_destroy()`` analogue: every reserved element goes to
-        ``free_fn``; tasks waiting in ``alloc()`` raise ``PoolClosedError``,
-        as does every later ``alloc()`` or ``alloc_nowait()``. Elements
-        still out may be freed later: they go to ``free_fn``.
-
-        Raises the first exception of ``free_fn``, once all were freed.
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self._gate = True
-        while self._hand(CLOSED):
-            pass
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
-        elements, self._elements = self._elements, []
-        self._free_all(elements)
-
-    async def __aenter__(self) -> Mempool[T]:
-        self._loop = asyncio.get_running_loop()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def element(
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
     ) -> ElementContext[T]:
@@ -583,40 +462,5 @@ class Mempool(Waiting, Generic[T]):
         """
         decode_mask(gfp_mask)
         if timeout is not None:
-            _check_timeout(timeout)
+            check_timeout(timeout)
         return ElementContext(self, gfp_mask, timeout)
-
-
-class ElementContext(Generic[T]):
-    """What ``Mempool.element()`` returns: an async context manager."""
-
-    __slots__ = ("_element", "_gfp_mask", "_pool", "_timeout")
-
-    def __init__(
-        self, pool: Mempool[T], gfp_mask: GFP | int, timeout: float | None
-    ) -> None:
-        self._pool = pool
-        self._gfp_mask = gfp_mask
-        self._timeout = timeout
-        self._element: T | None = None
-
-    async def __aenter__(self) -> T:
-        if self._element is not None:
-            raise RuntimeError("this element() context is already entered")
-        element = await self._pool.alloc(self._gfp_mask, timeout=self._timeout)
-        if element is None:
-            raise PoolExhaustedError(
-                f"{self._pool!r}: nothing to hand out without waiting "
-                f"(gfp_mask={self._gfp_mask!r})"
-            )
-        self._element = element
-        return element
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        element, self._element = self._element, None
-        self._pool.free(element)
