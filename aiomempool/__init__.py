@@ -13,13 +13,14 @@ from .errors import (
 )
 from .gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from .mempool import Mempool
-from .stats import MempoolStats
+from .stats import WAIT_BUCKETS, MempoolStats, named_pools
 
 __all__ = [
     "GFP",
     "GFP_ATOMIC",
     "GFP_KERNEL",
     "GFP_NOWAIT",
+    "WAIT_BUCKETS",
     "AllocTimeoutError",
     "ElementContext",
     "Mempool",
@@ -27,6 +28,7 @@ __all__ = [
     "MempoolStats",
     "PoolClosedError",
     "PoolExhaustedError",
+    "named_pools",
 ]
 
 __version__ = "0.1.0"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -46,7 +47,7 @@ from .gfp import (
     decode_mask,
 )
 from .gfp import _Mask as Mask
-from .stats import MempoolStats
+from .stats import WAIT_BUCKETS, MempoolStats, register
 
 __all__ = ["Mempool"]
 
@@ -98,6 +99,8 @@ class Mempool(Reserve[T]):
         "_pool_data",
         "_reserve_hits",
         "_timeouts",
+        "_wait_counts",
+        "_wait_sum_s",
         "_waits",
         "_warn",
     )  # fmt: skip
@@ -134,9 +137,13 @@ class Mempool(Reserve[T]):
         self._allocs = self._frees = self._reserve_hits = 0
         self._alloc_fn_failures = self._waits = self._timeouts = 0
         self._max_wait_s = 0.0
+        self._wait_counts = [0] * len(WAIT_BUCKETS)
+        self._wait_sum_s = 0.0
         self._elements: list[T] = []
         self._elements = self._prealloc(min_nr)
         self._regate()
+        if name is not None:
+            register(self)  # for metrics exporters
 
     # -- introspection -----------------------------------------------------
 
@@ -180,6 +187,8 @@ class Mempool(Reserve[T]):
             waits=self._waits,
             timeouts=self._timeouts,
             max_wait_s=self._max_wait_s,
+            wait_counts=tuple(self._wait_counts),
+            wait_sum_s=self._wait_sum_s,
         )
 
     def __repr__(self) -> str:
@@ -278,6 +287,8 @@ class Mempool(Reserve[T]):
             self._reserve_hits += 1
         self._allocs += 1
         waited = time.perf_counter() - start
+        self._wait_counts[bisect_left(WAIT_BUCKETS, waited)] += 1
+        self._wait_sum_s += waited
         if waited > self._max_wait_s:
             self._max_wait_s = waited
         return element

@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MempoolStats"]
+__all__ = ["WAIT_BUCKETS", "MempoolStats", "named_pools"]
+
+#: Upper bounds, in seconds, of the buckets of the wait-time histogram in
+#: ``MempoolStats.wait_counts``; the last one catches every longer wait.
+WAIT_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, math.inf,
+)  # fmt: skip
+
+# Every live pool that was given a name, for metrics exporters.
+_named: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def register(pool: Any) -> None:
+    """Remember a named pool (weakly) for ``named_pools()``."""
+    _named.add(pool)
+
+
+def named_pools() -> list[Any]:
+    """The live pools that were given a name, sorted by name."""
+    return sorted(_named, key=lambda pool: pool.name)
 
 
 @dataclass(frozen=True)
@@ -39,3 +61,9 @@ class MempoolStats:
     timeouts: int
     #: The longest wait, in seconds, that ended with an element.
     max_wait_s: float
+    #: Waits that ended with an element, counted per bucket of
+    #: ``WAIT_BUCKETS`` (a wait of w seconds falls in the first bucket whose
+    #: bound is >= w); not cumulative.
+    wait_counts: tuple[int, ...]
+    #: The total of those waits, in seconds.
+    wait_sum_s: float

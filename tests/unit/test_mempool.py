@@ -522,6 +522,18 @@ def test_a_storm_of_failures_is_rate_limited(
     assert len(messages) == ratelimit.BURST + 2
 
 
+def test_named_pools_are_listed_while_they_live() -> None:
+    import gc
+
+    rx = Backing().pool(1, name="rx-test")
+    Backing().pool(1)  # unnamed: not listed
+    assert rx in aiomempool.named_pools()
+    assert all(p.name is not None for p in aiomempool.named_pools())
+    del rx
+    gc.collect()
+    assert "rx-test" not in [p.name for p in aiomempool.named_pools()]
+
+
 def test_public_api_is_what_all_lists() -> None:
     for name in aiomempool.__all__:
         assert hasattr(aiomempool, name)

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from helpers import Backing, Elem, settle
 
-from aiomempool import GFP, GFP_ATOMIC, AllocTimeoutError, Mempool
+from aiomempool import GFP, GFP_ATOMIC, WAIT_BUCKETS, AllocTimeoutError, Mempool
 
 
 def drained(
@@ -127,6 +127,22 @@ async def test_no_waiter_is_overtaken_more_than_once_by_each_other_task() -> Non
     assert served == ntasks * rounds
     assert worst <= ntasks - 1
     assert pool.curr_nr == 2 and pool.waiters == 0
+
+
+@pytest.mark.asyncio
+async def test_wait_times_fall_in_the_histogram_buckets() -> None:
+    _, pool, (held,) = drained()
+    (task,) = await park(pool, 1)
+    await asyncio.sleep(0.003)
+    pool.free(held)
+    await task
+    stats = pool.stats()
+    assert len(stats.wait_counts) == len(WAIT_BUCKETS)
+    assert sum(stats.wait_counts) == stats.waits == 1
+    (bucket,) = [i for i, n in enumerate(stats.wait_counts) if n]
+    assert WAIT_BUCKETS[bucket] >= stats.wait_sum_s >= 0.003
+    assert bucket == 0 or WAIT_BUCKETS[bucket - 1] < stats.wait_sum_s
+    assert stats.max_wait_s == stats.wait_sum_s
 
 
 # -- cancellation -----------------------------------------------------------
