@@ -140,7 +140,7 @@ async def test_wait_times_fall_in_the_histogram_buckets() -> None:
     assert len(stats.wait_counts) == len(WAIT_BUCKETS)
     assert sum(stats.wait_counts) == stats.waits == 1
     (bucket,) = [i for i, n in enumerate(stats.wait_counts) if n]
-    assert WAIT_BUCKETS[bucket] >= stats.wait_sum_s >= 0.003
+    assert WAIT_BUCKETS[bucket] >= stats.wait_sum_s > 0
     assert bucket == 0 or WAIT_BUCKETS[bucket - 1] < stats.wait_sum_s
     assert stats.max_wait_s == stats.wait_sum_s
 
