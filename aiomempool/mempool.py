@@ -228,7 +228,8 @@ class Mempool(Reserve[T]):
                 ``timeout`` is negative.
             RuntimeError: tasks of another event loop are waiting.
         """
-        # The hot path, _take() inlined: the default mask, no waiter, open.
+        # The hot path, _take() inlined: the default mask, the steady state
+        # (open, nobody parked, the reserve full: see _regate()).
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
             try:
                 element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
@@ -307,7 +308,8 @@ class Mempool(Reserve[T]):
             ValueError: ``gfp_mask`` holds ``GFP.DIRECT_RECLAIM`` (await
                 ``alloc()`` to wait), ``GFP.ZERO`` or unknown bits.
         """
-        # The hot path, _take() inlined: the default mask, no waiter, open.
+        # The hot path, _take() inlined: the default mask, the steady state
+        # (open, nobody parked, the reserve full: see _regate()).
         if gfp_mask is GFP_NOWAIT and not self._gate:
             try:
                 element = self._alloc_fn(gfp_mask, self._pool_data)
