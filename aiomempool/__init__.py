@@ -7,13 +7,17 @@ work can always make progress when the backing allocator fails.
 from .element import ElementContext
 from .errors import (
     AllocTimeoutError,
+    DoubleFreeError,
+    ForeignElementError,
     MempoolError,
     PoolClosedError,
     PoolExhaustedError,
 )
 from .gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from .mempool import Mempool
-from .stats import WAIT_BUCKETS, MempoolStats, named_pools
+from .pools import buffer_pool
+from .slab import SlabCache
+from .stats import WAIT_BUCKETS, MempoolStats, SlabStats, named_pools
 
 __all__ = [
     "GFP",
@@ -22,12 +26,17 @@ __all__ = [
     "GFP_NOWAIT",
     "WAIT_BUCKETS",
     "AllocTimeoutError",
+    "DoubleFreeError",
     "ElementContext",
+    "ForeignElementError",
     "Mempool",
     "MempoolError",
     "MempoolStats",
     "PoolClosedError",
     "PoolExhaustedError",
+    "SlabCache",
+    "SlabStats",
+    "buffer_pool",
     "named_pools",
 ]
 

@@ -2,8 +2,9 @@
 
 The kernel's ``mempool_init()``, ``mempool_resize()`` and
 ``mempool_destroy()``. The reserve is a stack (``_elements``, top at the
-end) of at most ``_min_nr`` elements; ``Mempool._put()`` and
-``Mempool._take_reserve()`` are the only other code that touches it.
+end) of at most ``_min_nr`` elements. ``_push()`` and ``_pop()`` are the
+only code that changes it: pools that must know what sits in their reserve
+(slab-backed pools, debug mode's poisoning) extend those two.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ class Reserve(Waiting, Generic[T]):
         _free_fn: Callable[[T, Any], object]
 
         def _call_alloc_fn(self, gfp_mask: GFP) -> T | None: ...
+        def _regate(self) -> None: ...
+
+    def _push(self, element: T) -> None:
+        """Put ``element`` on top of the reserve."""
+        self._elements.append(element)
+        self._regate()
+
+    def _pop(self) -> T:
+        """Take the top element of the reserve, which is not empty."""
+        self._gate = True  # the reserve is below min_nr now
+        return self._elements.pop()
 
     def _prealloc(self, count: int) -> list[T]:
         """Make ``count`` elements with ``alloc_fn(GFP_KERNEL)``, or none."""
@@ -78,15 +90,13 @@ class Reserve(Waiting, Generic[T]):
         check_nr("new_min_nr", new_min_nr)
         if self._closed:
             raise PoolClosedError(f"{self!r}: resize() on a closed pool")
-        elements = self._elements
-        if new_min_nr <= len(elements):
+        if new_min_nr <= len(self._elements):
             self._min_nr = new_min_nr
-            surplus = elements[new_min_nr:]
-            del elements[new_min_nr:]
+            surplus = [self._pop() for _ in range(len(self._elements) - new_min_nr)]
             self._regate()
             self._free_all(surplus)
             return
-        made = self._prealloc(new_min_nr - len(elements))
+        made = self._prealloc(new_min_nr - len(self._elements))
         self._min_nr = new_min_nr
         self._gate = True
         for element in made:
@@ -107,7 +117,7 @@ class Reserve(Waiting, Generic[T]):
         self._closed = True
         self._gate = True
         self._close_line()
-        elements, self._elements = self._elements, []
+        elements = [self._pop() for _ in range(len(self._elements))]
         self._free_all(elements)
 
     async def __aenter__(self: R) -> R:

@@ -7,6 +7,8 @@ import sys
 
 __all__ = [
     "AllocTimeoutError",
+    "DoubleFreeError",
+    "ForeignElementError",
     "MempoolError",
     "PoolClosedError",
     "PoolExhaustedError",
@@ -42,4 +44,19 @@ class AllocTimeoutError(MempoolError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """``alloc(timeout=...)`` waited that long and got no element.
 
     A ``TimeoutError`` (and an ``asyncio.TimeoutError`` on every Python).
+    """
+
+
+class DoubleFreeError(MempoolError, ValueError):
+    """An element was given back that is already free.
+
+    The message names the allocator, the element and where it lives.
+    """
+
+
+class ForeignElementError(MempoolError, ValueError):
+    """An element was given back that this allocator never handed out.
+
+    A slice or a copy of an element is foreign too: only the very object
+    handed out may be given back.
     """

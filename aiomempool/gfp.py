@@ -57,6 +57,7 @@ class _Mask(NamedTuple):
     full: GFP  # the mask as given, for the retry that may wait
     may_wait: bool
     nowarn: bool
+    high: bool  # may use the backing allocator's emergency headroom
 
 
 def _decode(value: int) -> _Mask:
@@ -66,6 +67,7 @@ def _decode(value: int) -> _Mask:
         full=mask,
         may_wait=bool(value & GFP.DIRECT_RECLAIM.value),
         nowarn=bool(value & GFP.NOWARN.value),
+        high=bool(value & GFP.HIGH.value),
     )
 
 

@@ -29,7 +29,7 @@ import asyncio
 import time
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._checks import check_nr, check_timeout, running_loop
 from ._ratelimit import RateLimitedWarning
@@ -48,6 +48,9 @@ from .gfp import (
 )
 from .gfp import _Mask as Mask
 from .stats import WAIT_BUCKETS, MempoolStats, register
+
+if TYPE_CHECKING:
+    from .slab import SlabCache
 
 __all__ = ["Mempool"]
 
@@ -92,6 +95,7 @@ class Mempool(Reserve[T]):
         "_alloc_fn",
         "_alloc_fn_failures",
         "_allocs",
+        "_debug",
         "_free_fn",
         "_frees",
         "_max_wait_s",
@@ -140,8 +144,9 @@ class Mempool(Reserve[T]):
         self._wait_counts = [0] * len(WAIT_BUCKETS)
         self._wait_sum_s = 0.0
         self._elements: list[T] = []
-        self._elements = self._prealloc(min_nr)
-        self._regate()
+        self._debug: Any = None
+        for element in self._prealloc(min_nr):
+            self._push(element)
         if name is not None:
             register(self)  # for metrics exporters
 
@@ -354,8 +359,7 @@ class Mempool(Reserve[T]):
         if self._elements:
             self._allocs += 1
             self._reserve_hits += 1
-            self._gate = True  # the reserve is below min_nr now
-            return self._elements.pop()
+            return self._pop()
         if not mask.may_wait:
             return None
         # The reserve is empty and the first try was restricted: now the
@@ -427,8 +431,7 @@ class Mempool(Reserve[T]):
             # Tasks park only while the reserve is empty, so a refill goes
             # to the longest waiter; the reserve gets it if nobody is parked.
             if not self._hand(element):
-                self._elements.append(element)
-                self._regate()
+                self._push(element)
             return
         # By the invariant nobody is parked here; were a task parked (an
         # alloc_fn that frees into its own pool can make it so), it would
@@ -460,6 +463,38 @@ class Mempool(Reserve[T]):
                 "or pass loop="
             )
         target.call_soon_threadsafe(self.free, element)
+
+    # -- the kernel's ready-made pools (implemented in pools.py) ------------
+
+    @staticmethod
+    def slab_pool(min_nr: int, cache: SlabCache, **options: Any) -> Mempool[memoryview]:
+        """A pool of a ``SlabCache``'s buffers: ``mempool_create_slab_pool()``.
+
+        See ``aiomempool.pools.slab_pool``.
+        """
+        from .pools import slab_pool
+
+        return slab_pool(min_nr, cache, **options)
+
+    @staticmethod
+    def kmalloc_pool(min_nr: int, size: int, **options: Any) -> Mempool[bytearray]:
+        """A pool of ``bytearray(size)``: ``mempool_create_kmalloc_pool()``.
+
+        See ``aiomempool.pools.kmalloc_pool``.
+        """
+        from .pools import kmalloc_pool
+
+        return kmalloc_pool(min_nr, size, **options)
+
+    @staticmethod
+    def page_pool(min_nr: int, order: int = 0, **options: Any) -> Mempool[memoryview]:
+        """A pool of page-aligned buffers: ``mempool_create_page_pool()``.
+
+        See ``aiomempool.pools.page_pool``.
+        """
+        from .pools import page_pool
+
+        return page_pool(min_nr, order, **options)
 
     def element(
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None

@@ -7,7 +7,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WAIT_BUCKETS", "MempoolStats", "named_pools"]
+__all__ = ["WAIT_BUCKETS", "MempoolStats", "SlabStats", "named_pools"]
 
 #: Upper bounds, in seconds, of the buckets of the wait-time histogram in
 #: ``MempoolStats.wait_counts``; the last one catches every longer wait.
@@ -67,3 +67,34 @@ class MempoolStats:
     wait_counts: tuple[int, ...]
     #: The total of those waits, in seconds.
     wait_sum_s: float
+
+
+@dataclass(frozen=True)
+class SlabStats:
+    """What a ``SlabCache`` holds and has done, at one moment.
+
+    ``cache.stats()`` makes one. Counters (``allocs``, ``frees``,
+    ``alloc_failures``) and ``high_water`` only grow; the rest is the state
+    when the snapshot was taken.
+    """
+
+    #: The cache's name, or None.
+    name: str | None
+    #: Bytes in each object.
+    object_size: int
+    #: Slabs held now.
+    slabs: int
+    #: Objects out now: every object in a slab minus those on the free list.
+    objects_in_use: int
+    #: Objects on the free list now.
+    objects_free: int
+    #: Bytes held in slabs: ``(objects_in_use + objects_free) * object_size``.
+    bytes_reserved: int
+    #: The most objects ever out at once.
+    high_water: int
+    #: Objects handed out by ``alloc()``.
+    allocs: int
+    #: Objects given back by ``free()``.
+    frees: int
+    #: Calls of ``alloc()`` that returned None.
+    alloc_failures: int

@@ -1,0 +1,243 @@
+"""The kernel's ready-made pools, and ``buffer_pool``, the everyday one.
+
+``mempool_create_slab_pool()``, ``mempool_create_kmalloc_pool()`` and
+``mempool_create_page_pool()`` build a mempool on an allocator the kernel
+provides. Here they build a ``Mempool`` on a ``SlabCache`` (slab and page
+pools, ``buffer_pool``) or on ``bytearray`` (kmalloc pools), and unlike a
+pool on callbacks of the caller's, they know every element they handed out:
+a double free, or a free of something they never handed out, is refused
+with ``DoubleFreeError`` or ``ForeignElementError`` (both ``ValueError``),
+and nothing is lost or handed out twice.
+
+How: the allocator keeps the ids of the elements that callers hold in its
+``_busy`` set. An element that goes into the pool's reserve leaves that set
+(``_push``) and comes back to it when it leaves the reserve (``_pop``), so
+``_busy`` holds exactly the elements out with callers, and a second free of
+one finds it missing there, wherever the first free sent it: back to the
+allocator, into the reserve, or to a waiting task.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any, Generic, Protocol, TypeVar
+
+from ._checks import check_nr
+from .errors import DoubleFreeError, ForeignElementError
+from .gfp import GFP
+from .mempool import Mempool
+from .slab import SlabCache
+
+__all__ = ["buffer_pool", "kmalloc_pool", "page_pool", "slab_pool"]
+
+T = TypeVar("T")
+
+
+class _Allocator(Protocol[T]):
+    """What a pool of this module needs of its allocator."""
+
+    _busy: set[int]
+
+    def _alloc_fn(self, gfp_mask: GFP, pool_data: Any) -> T | None: ...
+    def _free_fn(self, element: T, pool_data: Any) -> None: ...
+    def _refusal(self, element: object) -> ValueError: ...
+
+
+class _Kmalloc:
+    """``bytearray(size)`` as an allocator that knows what it handed out."""
+
+    __slots__ = ("_busy", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._busy: set[int] = set()
+
+    def _alloc_fn(self, gfp_mask: GFP, pool_data: Any) -> bytearray:
+        buf = bytearray(self.size)  # a MemoryError means "nothing" to the pool
+        self._busy.add(id(buf))
+        return buf
+
+    def _free_fn(self, buf: bytearray, pool_data: Any) -> None:
+        try:
+            self._busy.remove(id(buf))
+        except KeyError:
+            raise self._refusal(buf) from None
+
+    def _refusal(self, element: object) -> ValueError:
+        # A freed bytearray is forgotten: a second free of one looks foreign.
+        return ForeignElementError(
+            f"{element!r:.60} is not an element this kmalloc pool handed out "
+            "and has not had back (a double free, a copy or another pool's?)"
+        )
+
+
+class TrackedPool(Mempool[T], Generic[T]):
+    """A Mempool on an allocator of this module: it refuses double frees
+    and foreign elements. Build one with the functions of this module."""
+
+    __slots__ = ("_allocator", "_owns_allocator")
+
+    def __init__(
+        self,
+        min_nr: int,
+        allocator: _Allocator[T],
+        *,
+        owns_allocator: bool = False,
+        **options: Any,
+    ) -> None:
+        self._allocator = allocator
+        self._owns_allocator = owns_allocator
+        super().__init__(
+            min_nr, allocator._alloc_fn, allocator._free_fn, allocator, **options
+        )
+
+    def _push(self, element: T) -> None:
+        # Into the reserve: no longer out with a caller.
+        allocator = self._allocator
+        try:
+            allocator._busy.remove(id(element))
+        except KeyError:
+            raise self._refusal(element) from None
+        super()._push(element)
+
+    def _pop(self) -> T:
+        element = super()._pop()
+        self._allocator._busy.add(id(element))
+        return element
+
+    def _put(self, element: T) -> None:
+        # Every free that is not the hot path's comes here first: to a
+        # waiter, the reserve or the allocator, it must be out with a caller.
+        if id(element) not in self._allocator._busy:
+            raise self._refusal(element)
+        super()._put(element)
+
+    def _refusal(self, element: object) -> ValueError:
+        if any(e is element for e in self._elements):
+            return DoubleFreeError(
+                f"{self!r}: double free of {element!r:.60}: it is already "
+                "in the pool's reserve"
+            )
+        return self._allocator._refusal(element)
+
+    def close(self) -> None:
+        """Close the pool, and the cache it made for itself, if it did."""
+        super().close()
+        if self._owns_allocator and isinstance(self._allocator, SlabCache):
+            self._allocator.close()
+
+
+class _ZeroingPool(TrackedPool[T]):
+    """A TrackedPool that wipes every element freed (``zero_on_free``)."""
+
+    __slots__ = ("_zeros",)
+
+    def __init__(
+        self, min_nr: int, allocator: _Allocator[T], size: int, **options: Any
+    ) -> None:
+        self._zeros = bytes(size)
+        super().__init__(min_nr, allocator, **options)
+
+    def free(self, element: T | None) -> None:
+        """Wipe the element, then free it: the next borrower reads zeros."""
+        if element is not None:
+            if id(element) not in self._allocator._busy:
+                raise self._refusal(element)
+            element[:] = self._zeros  # type: ignore[index]
+        super().free(element)
+
+
+def slab_pool(min_nr: int, cache: SlabCache, **options: Any) -> Mempool[memoryview]:
+    """A pool of ``cache``'s buffers: ``mempool_create_slab_pool()``.
+
+    The pool does not own the cache: closing the pool leaves it open.
+    ``options`` are those of ``Mempool`` (``name``, ``retry_interval``).
+    """
+    if not isinstance(cache, SlabCache):
+        raise TypeError(f"cache must be a SlabCache, not {type(cache).__name__}")
+    return TrackedPool(min_nr, cache, **options)
+
+
+def kmalloc_pool(min_nr: int, size: int, **options: Any) -> Mempool[bytearray]:
+    """A pool of ``bytearray(size)`` elements: ``mempool_create_kmalloc_pool()``.
+
+    Each allocation past the reserve makes a new, zeroed bytearray; freed
+    ones beyond the reserve go to the garbage collector.
+    """
+    check_nr("size", size)
+    return TrackedPool(min_nr, _Kmalloc(size), **options)
+
+
+def page_pool(min_nr: int, order: int = 0, **options: Any) -> Mempool[memoryview]:
+    """A pool of page-aligned buffers of ``PAGESIZE << order`` bytes
+    (4096 << order on most machines): ``mempool_create_page_pool()``.
+
+    The buffers are writable memoryviews of anonymous memory maps, aligned
+    to the page, as O_DIRECT file I/O wants them.
+    """
+    if type(order) is not int or not 0 <= order <= 20:
+        raise ValueError(f"order must be an int from 0 to 20, got {order!r}")
+    cache = SlabCache(
+        mmap.PAGESIZE << order, page_aligned=True, name=options.get("name")
+    )
+    return TrackedPool(min_nr, cache, owns_allocator=True, **options)
+
+
+def buffer_pool(
+    size: int,
+    *,
+    min_nr: int,
+    max_nr: int | None = None,
+    headroom: int | None = None,
+    zero_on_free: bool = False,
+    page_aligned: bool = False,
+    objects_per_slab: int | None = None,
+    **options: Any,
+) -> Mempool[memoryview]:
+    """A pool of ``size``-byte buffers for servers: the everyday entry point.
+
+    The buffers are writable memoryviews carved out of big blocks by a
+    ``SlabCache`` of the pool's own. ``min_nr`` of them are reserved up
+    front. With ``max_nr``, the pool never holds more than
+    ``max_nr + headroom`` buffers (``headroom``, by default
+    ``max(1, max_nr // 16)``, only for ``GFP_ATOMIC`` callers), so its
+    memory is bounded by ``(max_nr + headroom) * size``: under load,
+    ``await pool.alloc()`` waits instead of growing.
+
+    ``zero_on_free=True`` wipes every buffer when it is freed (the kernel's
+    init_on_free), so that the next borrower can never read the previous
+    one's bytes, another connection's data. It costs a memset of ``size``
+    bytes per free.
+
+    ``options`` are those of ``Mempool`` (``name``, ``retry_interval``).
+
+    Raises:
+        TypeError, ValueError: a size or count that is not an int >= 1, or
+            ``min_nr > max_nr``.
+        MemoryError: the reserve could not be made.
+    """
+    check_nr("size", size)
+    check_nr("min_nr", min_nr)
+    if max_nr is not None:
+        check_nr("max_nr", max_nr)
+        if min_nr > max_nr:
+            raise ValueError(f"min_nr must be <= max_nr, got {min_nr} > {max_nr}")
+    if type(zero_on_free) is not bool:
+        raise TypeError(
+            f"zero_on_free must be a bool, not {type(zero_on_free).__name__}"
+        )
+    cache = SlabCache(
+        size,
+        objects_per_slab=objects_per_slab,
+        max_objects=max_nr,
+        headroom=headroom,
+        page_aligned=page_aligned,
+        name=options.get("name"),
+    )
+    try:
+        if zero_on_free:
+            return _ZeroingPool(min_nr, cache, size, owns_allocator=True, **options)
+        return TrackedPool(min_nr, cache, owns_allocator=True, **options)
+    except BaseException:
+        cache.close()
+        raise

@@ -1,0 +1,404 @@
+"""SlabCache: the kernel's kmem_cache, a cache of fixed-size buffers.
+
+A cache grows by whole slabs. A slab is one contiguous block (a
+``bytearray``, or an anonymous ``mmap`` for page alignment) cut into
+``objects_per_slab`` slots of ``object_size`` bytes. One ``memoryview`` per
+slot is made with the slab and handed out at every allocation of the slot:
+the hot path makes no buffer, and the memory never fragments.
+
+Bookkeeping, on the event loop's thread (nothing here is thread-safe):
+
+* ``_free``: the free list, a stack of slot views (top at the end): reuse
+  is most-recently-freed first, the buffer still warm in the CPU cache.
+* ``_busy``: ``id()`` of every view handed out and not yet freed. The
+  cache keeps its slot views alive, so their ids name them and nothing else.
+* ``_slots``: ``id(view) -> (slab, index)`` for every slot view, to name
+  the slot in error messages and to find a slab's views in ``shrink()``.
+
+Invariants: a slot view is in exactly one of the free list and ``_busy``.
+Objects "out" are counted as ``_nr_objects - len(_free)`` rather than
+``len(_busy)``: whatever is not on the free list is out, whoever holds it
+(a caller, or a mempool's reserve it was lent to), and counts against
+``max_objects``. ``_nr_objects <= _cap`` (``max_objects + headroom``):
+``_grow()`` never makes a slab that would pass it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from contextlib import suppress
+
+from ._checks import check_nr
+from .errors import DoubleFreeError, ForeignElementError, PoolClosedError
+from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT, decode_mask
+from .stats import SlabStats
+
+__all__ = ["SlabCache"]
+
+#: A slab's size when objects_per_slab is not given: about this many bytes.
+SLAB_BYTES = 1 << 20
+
+
+class _Slab:
+    """One block and the views of its slots; ``number`` names it in messages."""
+
+    __slots__ = ("base", "block", "number", "views")
+
+    def __init__(self, number: int, block: bytearray | mmap.mmap, size: int) -> None:
+        self.number = number
+        self.block = block
+        self.base = memoryview(block)
+        # Slices of one memoryview: writable, contiguous, adjacent.
+        self.views = [
+            self.base[offset : offset + size] for offset in range(0, len(block), size)
+        ]
+
+    def release(self) -> None:
+        """Release every view and the block, as far as others let us: a
+        view exported further (a numpy array, a slice kept) blocks that, and
+        then the memory goes with the last of those instead."""
+        for view in self.views:
+            with suppress(BufferError):
+                view.release()
+        self.base.release()
+        if isinstance(self.block, mmap.mmap):
+            with suppress(BufferError):
+                self.block.close()
+
+
+class SlabCache:
+    """A cache of ``object_size``-byte buffers carved out of big blocks.
+
+    Picture egg cartons: a slab is a carton of ``objects_per_slab`` cups,
+    bought whole; an egg (a buffer) leaves its cup and comes back to it,
+    and a carton goes (``shrink()``) only once all its eggs are back.
+    ``alloc()`` hands out a writable ``memoryview`` of exactly
+    ``object_size`` bytes, ``free()`` takes it back; neither awaits, so both
+    may be called from any callback on the loop's thread.
+
+    ``objects_per_slab`` defaults to about 1 MiB worth, at least 1.
+    ``max_objects`` bounds the objects out at once: ``alloc()`` then
+    returns None, except for a mask with ``GFP.HIGH`` (``GFP_ATOMIC``),
+    which may take up to ``headroom`` objects more: the emergency headroom,
+    by default ``max(1, max_objects // 16)``. The cache never holds more
+    than ``max_objects + headroom`` objects, so its memory is bounded by
+    ``(max_objects + headroom) * object_size``; ``objects_per_slab`` is cut
+    down to that total, and the last slab may be smaller than the others.
+
+    With ``page_aligned=True`` every slab is an anonymous ``mmap``, so each
+    buffer starts on a page boundary (for ``O_DIRECT`` I/O); then
+    ``object_size`` must be a multiple of ``mmap.PAGESIZE``.
+
+    Example::
+
+        cache = SlabCache(65536, max_objects=64, name="rx")
+        buf = cache.alloc()
+        n = sock.recv_into(buf)
+        cache.free(buf)
+
+    Raises:
+        TypeError: an argument is not of its type.
+        ValueError: a count is < 1 (``headroom`` < 0, or > 0 without
+            ``max_objects``); ``page_aligned`` and ``object_size`` is not a
+            multiple of the page size.
+    """
+
+    __slots__ = (
+        "__weakref__", "_alloc_failures", "_busy", "_cap", "_closed",
+        "_free", "_frees", "_headroom", "_high_water", "_limit", "_max_objects",
+        "_name", "_next_number", "_nr_objects", "_object_size",
+        "_objects_per_slab", "_page_aligned", "_slabs", "_slots",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        object_size: int,
+        *,
+        objects_per_slab: int | None = None,
+        max_objects: int | None = None,
+        headroom: int | None = None,
+        page_aligned: bool = False,
+        name: str | None = None,
+    ) -> None:
+        check_nr("object_size", object_size)
+        if objects_per_slab is not None:
+            check_nr("objects_per_slab", objects_per_slab)
+        if max_objects is not None:
+            check_nr("max_objects", max_objects)
+        if headroom is not None:
+            if type(headroom) is not int:
+                raise TypeError(
+                    f"headroom must be an int or None, not {type(headroom).__name__}"
+                )
+            if headroom < 0:
+                raise ValueError(f"headroom must be >= 0, got {headroom}")
+            if headroom and max_objects is None:
+                raise ValueError("headroom needs max_objects: a limit to go beyond")
+        if type(page_aligned) is not bool:
+            raise TypeError(
+                f"page_aligned must be a bool, not {type(page_aligned).__name__}"
+            )
+        if page_aligned and object_size % mmap.PAGESIZE:
+            raise ValueError(
+                f"object_size must be a multiple of mmap.PAGESIZE "
+                f"({mmap.PAGESIZE}) when page_aligned=True, got {object_size}"
+            )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, not {type(name).__name__}")
+        if headroom is None:
+            headroom = 0 if max_objects is None else max(1, max_objects // 16)
+        if objects_per_slab is None:
+            objects_per_slab = max(1, SLAB_BYTES // object_size)
+        # _limit: the most objects out for an ordinary mask; _cap: for
+        # GFP.HIGH, and the most objects the slabs ever hold in total.
+        if max_objects is None:
+            self._limit = self._cap = sys.maxsize
+        else:
+            self._limit = max_objects
+            self._cap = max_objects + headroom
+            objects_per_slab = min(objects_per_slab, self._cap)
+        self._object_size = object_size
+        self._objects_per_slab = objects_per_slab
+        self._max_objects = max_objects
+        self._headroom = headroom
+        self._page_aligned = page_aligned
+        self._name = name
+        self._closed = False
+        self._free: list[memoryview] = []
+        self._busy: set[int] = set()
+        self._slots: dict[int, tuple[_Slab, int]] = {}
+        self._slabs: list[_Slab] = []
+        self._next_number = 0
+        self._nr_objects = 0  # in every slab: == len(self._slots)
+        # Only free() changes _frees and only alloc() the objects out, each by
+        # one: so allocs == _frees + objects out, and alloc() counts nothing.
+        self._frees = self._alloc_failures = self._high_water = 0
+
+    # -- introspection -----------------------------------------------------
+
+    @property
+    def object_size(self) -> int:
+        """Bytes in each buffer."""
+        return self._object_size
+
+    @property
+    def objects_per_slab(self) -> int:
+        """Objects in a whole slab (cut down to ``max_objects + headroom``)."""
+        return self._objects_per_slab
+
+    @property
+    def max_objects(self) -> int | None:
+        """The most objects out at once for an ordinary mask, or None."""
+        return self._max_objects
+
+    @property
+    def headroom(self) -> int:
+        """Objects beyond ``max_objects`` that a ``GFP.HIGH`` mask may take."""
+        return self._headroom
+
+    @property
+    def page_aligned(self) -> bool:
+        """True if the slabs are anonymous mmaps and buffers page-aligned."""
+        return self._page_aligned
+
+    @property
+    def name(self) -> str | None:
+        """The name given at construction, for logs and metrics."""
+        return self._name
+
+    def owns(self, view: object) -> bool:
+        """True if ``view`` is a buffer of this cache, out or free (a slice
+        or a copy of one is not)."""
+        where = self._slots.get(id(view))
+        return where is not None and where[0].views[where[1]] is view
+
+    def stats(self) -> SlabStats:
+        """A frozen snapshot of the cache's counters and gauges."""
+        nfree = len(self._free)
+        return SlabStats(
+            name=self._name,
+            object_size=self._object_size,
+            slabs=len(self._slabs),
+            objects_in_use=self._nr_objects - nfree,
+            objects_free=nfree,
+            bytes_reserved=self._nr_objects * self._object_size,
+            high_water=self._high_water,
+            allocs=self._frees + self._nr_objects - nfree,
+            frees=self._frees,
+            alloc_failures=self._alloc_failures,
+        )
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name is not None else ""
+        state = " closed" if self._closed else ""
+        nfree = len(self._free)
+        return (
+            f"<SlabCache{name}{state} object_size={self._object_size} "
+            f"in_use={self._nr_objects - nfree} free={nfree} "
+            f"slabs={len(self._slabs)}>"
+        )
+
+    # -- allocation --------------------------------------------------------
+
+    def alloc(
+        self, gfp_mask: GFP | int = GFP_KERNEL, pool_data: object = None
+    ) -> memoryview | None:
+        """Hand out a buffer: a writable memoryview of ``object_size`` bytes.
+
+        The most recently freed buffer, or one of a new slab. None when
+        ``max_objects`` are out, unless ``gfp_mask`` holds ``GFP.HIGH``
+        (``GFP_ATOMIC``): that may go ``headroom`` objects further.
+        ``GFP.DIRECT_RECLAIM`` changes nothing: the cache never waits, and
+        this never awaits. The buffer is not zeroed. ``pool_data`` is
+        ignored: it lets ``alloc`` serve as a Mempool's ``alloc_fn``, as
+        the kernel's ``mempool_alloc_slab()`` does.
+
+        Raises:
+            PoolClosedError: the cache is closed.
+            TypeError, ValueError: ``gfp_mask`` is not a mask, holds
+                ``GFP.ZERO`` or unknown bits.
+        """
+        if gfp_mask is not GFP_NOWAIT and gfp_mask is not GFP_KERNEL:
+            decode_mask(gfp_mask)  # raises on a bad mask
+        return self._alloc_fn(gfp_mask, pool_data)
+
+    def _alloc_fn(self, gfp_mask: GFP | int, pool_data: object) -> memoryview | None:
+        # alloc() for callers whose mask is known good, such as the pools
+        # of this package: a Mempool's alloc_fn (mempool_alloc_slab()).
+        free = self._free
+        out = self._nr_objects - len(free)
+        # _limit is 0 once closed: then no call passes this test.
+        if not (free and out < self._limit) and not self._may_take(gfp_mask, out):
+            self._alloc_failures += 1
+            return None
+        view = free.pop()
+        self._busy.add(id(view))
+        if out >= self._high_water:
+            self._high_water = out + 1
+        return view
+
+    def _may_take(self, gfp_mask: GFP | int, out: int) -> bool:
+        """alloc() with nothing free or over the limit: True once it may pop."""
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: alloc() on a closed cache")
+        # Over max_objects only GFP.HIGH may pass, and only below _cap: the
+        # one place that looks into the mask (IntFlag arithmetic is slow).
+        if out >= self._limit and (out >= self._cap or not decode_mask(gfp_mask).high):
+            return False
+        # out < _cap here, and _nr_objects == out if nothing is free: a new
+        # slab of at least one object fits under _cap.
+        return bool(self._free) or self._grow()
+
+    def _grow(self) -> bool:
+        """Add one slab, its slots on the free list; False if out of memory."""
+        count = min(self._objects_per_slab, self._cap - self._nr_objects)
+        length = count * self._object_size
+        try:
+            block = mmap.mmap(-1, length) if self._page_aligned else bytearray(length)
+        except (MemoryError, OSError):
+            return False
+        slab = _Slab(self._next_number, block, self._object_size)
+        self._next_number += 1
+        self._slabs.append(slab)
+        for index, view in enumerate(slab.views):
+            self._slots[id(view)] = (slab, index)
+        # Reversed, so that slot 0 is on top and handed out first.
+        self._free.extend(reversed(slab.views))
+        self._nr_objects += count
+        return True
+
+    # -- freeing -----------------------------------------------------------
+
+    def free(self, view: memoryview, pool_data: object = None) -> None:
+        """Take back a buffer that ``alloc()`` handed out.
+
+        ``pool_data`` is ignored (``free`` serves as a Mempool's
+        ``free_fn``, as ``mempool_free_slab()`` does).
+
+        Only the very view handed out is taken, once: not a slice of it, a
+        copy, or a buffer of another cache. Never awaits. After
+        ``close()``, a slab goes back as soon as its last buffer does.
+
+        Raises:
+            DoubleFreeError: ``view`` is a buffer of this cache, already free.
+            ForeignElementError: ``view`` is not a buffer of this cache.
+        """
+        try:
+            self._busy.remove(id(view))
+        except KeyError:
+            raise self._refusal(view) from None
+        self._free.append(view)
+        self._frees += 1
+        if self._closed:
+            self.shrink()
+
+    def _refusal(self, view: object) -> ValueError:
+        """The error for a free() of something not out: what was it?"""
+        where = self._slots.get(id(view))
+        if where is not None and where[0].views[where[1]] is view:
+            return DoubleFreeError(
+                f"{self!r}: double free of {view!r} (slab {where[0].number}, "
+                f"slot {where[1]}): it is already free"
+            )
+        hint = ""
+        if isinstance(view, memoryview):
+            try:
+                obj = view.obj
+            except ValueError:
+                hint = "; it is released (its slab given back by shrink()?)"
+            else:
+                for slab in self._slabs:
+                    if slab.block is obj:
+                        hint = f"; it views the memory of slab {slab.number}"
+                        break
+        return ForeignElementError(
+            f"{self!r}: {view!r} is not a buffer handed out by this cache "
+            f"(a slice or a copy?){hint}"
+        )
+
+    # -- internal: alloc() and free() as a Mempool's callbacks, for the
+    # mempools of this package built on a cache (mempool_alloc_slab() and
+    # mempool_free_slab() in the kernel).
+
+    _free_fn = free
+
+    # -- giving memory back ------------------------------------------------
+
+    def shrink(self) -> int:
+        """Give back every slab with no object out; return how many.
+
+        The free views of those slabs leave the free list and are released:
+        a view kept after ``free()`` fails from then on. Never awaits;
+        O(objects).
+        """
+        nfree: dict[int, int] = {}  # slab number -> its slots on the free list
+        slots = self._slots
+        for view in self._free:
+            number = slots[id(view)][0].number
+            nfree[number] = nfree.get(number, 0) + 1
+        empty = [s for s in self._slabs if nfree.get(s.number) == len(s.views)]
+        if not empty:
+            return 0
+        gone = {s.number for s in empty}
+        self._slabs = [s for s in self._slabs if s.number not in gone]
+        # Every view of those slabs is on the free list: none is out.
+        self._free[:] = [v for v in self._free if slots[id(v)][0].number not in gone]
+        for slab in empty:
+            for view in slab.views:
+                del slots[id(view)]
+            self._nr_objects -= len(slab.views)
+            slab.release()
+        return len(empty)
+
+    def close(self) -> None:
+        """Give every slab back and refuse further allocations; idempotent.
+
+        The ``kmem_cache_destroy()`` analogue. Slabs with objects still
+        out stay until those come back: ``free()`` still takes them, and
+        each slab goes the moment its last object returns. Every later
+        ``alloc()`` raises ``PoolClosedError``. Never awaits.
+        """
+        self._closed = True
+        self._limit = 0  # see alloc(): every call now takes the slow path
+        self.shrink()
