@@ -9,6 +9,7 @@ __all__ = [
     "AllocTimeoutError",
     "DoubleFreeError",
     "ForeignElementError",
+    "InvalidFreeError",
     "MempoolError",
     "PoolClosedError",
     "PoolExhaustedError",
@@ -47,14 +48,21 @@ class AllocTimeoutError(MempoolError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """
 
 
-class DoubleFreeError(MempoolError, ValueError):
+class InvalidFreeError(MempoolError, ValueError):
+    """``free()`` was given something it must not take back; nothing changed.
+
+    The base of ``DoubleFreeError`` and ``ForeignElementError``.
+    """
+
+
+class DoubleFreeError(InvalidFreeError):
     """An element was given back that is already free.
 
     The message names the allocator, the element and where it lives.
     """
 
 
-class ForeignElementError(MempoolError, ValueError):
+class ForeignElementError(InvalidFreeError):
     """An element was given back that this allocator never handed out.
 
     A slice or a copy of an element is foreign too: only the very object

@@ -36,7 +36,7 @@ from ._ratelimit import RateLimitedWarning
 from ._reserve import Reserve
 from ._waiting import CLOSED, TIMEDOUT, Fresh, Waiting
 from .element import ElementContext
-from .errors import AllocTimeoutError, PoolClosedError
+from .errors import AllocTimeoutError, InvalidFreeError, PoolClosedError
 from .gfp import (
     GFP,
     GFP_KERNEL,
@@ -407,15 +407,22 @@ class Mempool(Reserve[T]):
         never await, so it needs no lock beyond the loop's thread, and its
         condition is the wait queue of futures it resolves directly.
 
-        Raises whatever ``free_fn`` raises, after the pool's own accounting.
+        Raises whatever ``free_fn`` raises, after the pool's own accounting;
+        but an ``InvalidFreeError`` (a double free, a foreign element, as the
+        pools of ``aiomempool.pools`` detect) is not a free: it changes
+        nothing, counters included.
         """
         if element is not None:
             self._frees += 1
-            # The hot path, for a pool in its steady state: see _regate().
-            if self._gate:
-                self._put(element)
-            else:
-                self._free_fn(element, self._pool_data)
+            try:
+                # The hot path, for a pool in its steady state: see _regate().
+                if self._gate:
+                    self._put(element)
+                else:
+                    self._free_fn(element, self._pool_data)
+            except InvalidFreeError:
+                self._frees -= 1
+                raise
 
     def _regate(self) -> None:
         """Recompute ``_gate``: False only in the steady state, where the

@@ -337,9 +337,16 @@ class SlabCache:
         """The error for a free() of something not out: what was it?"""
         where = self._slots.get(id(view))
         if where is not None and where[0].views[where[1]] is view:
+            # Neither out with a caller nor (then) on the free list: lent
+            # to a mempool, whose reserve holds it.
+            state = (
+                "it is already free"
+                if any(v is view for v in self._free)
+                else "it is already back, in a mempool's reserve"
+            )
             return DoubleFreeError(
                 f"{self!r}: double free of {view!r} (slab {where[0].number}, "
-                f"slot {where[1]}): it is already free"
+                f"slot {where[1]}): {state}"
             )
         hint = ""
         if isinstance(view, memoryview):

@@ -1,0 +1,257 @@
+"""The kernel's helper pools and buffer_pool: what they hand out, their
+bounds, zero_on_free, and the double frees and foreign elements they refuse."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import mmap
+
+import pytest
+
+from aiomempool import (
+    GFP_ATOMIC,
+    DoubleFreeError,
+    ForeignElementError,
+    Mempool,
+    SlabCache,
+    buffer_pool,
+)
+
+
+def address(view: memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+# -- what they hand out -----------------------------------------------------
+
+
+def test_buffer_pool_hands_out_writable_views_of_exactly_size_bytes() -> None:
+    pool = buffer_pool(4096, min_nr=2)
+    buf = pool.alloc_nowait()
+    assert isinstance(buf, memoryview) and buf.nbytes == 4096 and not buf.readonly
+    buf[:5] = b"hello"
+    assert bytes(buf[:5]) == b"hello"
+    pool.free(buf)
+
+
+def test_buffer_pool_reuses_the_most_recently_freed_buffer() -> None:
+    pool = buffer_pool(1024, min_nr=1)
+    a, b = pool.alloc_nowait(), pool.alloc_nowait()
+    pool.free(a)
+    pool.free(b)
+    assert pool.alloc_nowait() is b
+    assert pool.alloc_nowait() is a
+
+
+def test_buffer_pool_reserves_min_nr_from_one_block() -> None:
+    pool = buffer_pool(4096, min_nr=4, objects_per_slab=8)
+    cache = pool._allocator  # type: ignore[attr-defined]
+    assert pool.curr_nr == 4
+    assert cache.stats().slabs == 1
+    assert cache.stats().bytes_reserved == 8 * 4096
+
+
+def test_slab_pool_takes_elements_from_the_cache_and_leaves_it_open() -> None:
+    cache = SlabCache(512, objects_per_slab=4)
+    pool = Mempool.slab_pool(2, cache, name="slab")
+    buf = pool.alloc_nowait()
+    assert buf is not None and cache.owns(buf)
+    pool.free(buf)
+    pool.close()
+    assert cache.stats().objects_in_use == 0
+    assert cache.alloc() is not None  # the cache is still open
+
+
+def test_slab_pool_wants_a_slab_cache() -> None:
+    with pytest.raises(TypeError, match="cache must be a SlabCache"):
+        Mempool.slab_pool(1, object())  # type: ignore[arg-type]
+
+
+def test_kmalloc_pool_hands_out_zeroed_bytearrays() -> None:
+    pool = Mempool.kmalloc_pool(2, 100)
+    buf = pool.alloc_nowait()
+    assert isinstance(buf, bytearray) and buf == bytearray(100)
+    pool.free(buf)
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        Mempool.kmalloc_pool(1, 0)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_page_pool_hands_out_page_aligned_buffers(order: int) -> None:
+    pool = Mempool.page_pool(2, order)
+    bufs = [pool.alloc_nowait() for _ in range(3)]
+    for buf in bufs:
+        assert buf is not None
+        assert buf.nbytes == mmap.PAGESIZE << order
+        assert address(buf) % mmap.PAGESIZE == 0
+        pool.free(buf)
+    with pytest.raises(ValueError, match="order"):
+        Mempool.page_pool(1, -1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"min_nr": 0}, ValueError, "min_nr must be >= 1"),
+        ({"min_nr": 4, "max_nr": 2}, ValueError, "min_nr must be <= max_nr"),
+        ({"min_nr": 1, "max_nr": 0}, ValueError, "max_nr must be >= 1"),
+        ({"min_nr": 1, "zero_on_free": 1}, TypeError, "zero_on_free must be a bool"),
+    ],
+)
+def test_buffer_pool_checks_its_arguments(
+    kwargs: dict[str, object], error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        buffer_pool(4096, **kwargs)  # type: ignore[arg-type]
+
+
+# -- bounded memory -----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_buffer_pool_waits_at_max_nr_instead_of_growing() -> None:
+    pool = buffer_pool(1024, min_nr=2, max_nr=4, headroom=1)
+    cache = pool._allocator  # type: ignore[attr-defined]
+    held = [await pool.alloc() for _ in range(4)]
+    assert all(b is not None for b in held)
+    assert pool.alloc_nowait() is None
+    waiter = asyncio.create_task(pool.alloc())
+    await asyncio.sleep(0.01)
+    assert not waiter.done() and pool.waiters == 1
+    assert cache.stats().objects_in_use <= 4 + 1
+    pool.free(held.pop())
+    held.append(await asyncio.wait_for(waiter, 1))
+    assert cache.stats().bytes_reserved <= (4 + 1) * 1024
+    for buf in held:
+        pool.free(buf)
+
+
+def test_gfp_atomic_may_use_the_headroom_and_no_more() -> None:
+    pool = buffer_pool(256, min_nr=1, max_nr=3, headroom=2)
+    held = [pool.alloc_nowait() for _ in range(3)]
+    assert pool.alloc_nowait() is None
+    urgent = [pool.alloc_nowait(GFP_ATOMIC) for _ in range(2)]
+    assert all(b is not None for b in urgent)
+    assert pool.alloc_nowait(GFP_ATOMIC) is None
+    for buf in held + urgent:
+        pool.free(buf)
+
+
+def test_closing_a_buffer_pool_gives_its_memory_back() -> None:
+    pool = buffer_pool(4096, min_nr=3)
+    cache = pool._allocator  # type: ignore[attr-defined]
+    buf = pool.alloc_nowait()
+    pool.close()
+    pool.free(buf)  # after close: back to the cache, which lets the slab go
+    assert cache.stats().slabs == 0
+
+
+# -- zero_on_free ---------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_zero_on_free_wipes_what_the_next_borrower_gets() -> None:
+    pool = buffer_pool(64, min_nr=1, zero_on_free=True)
+    # Through the cache (the reserve is full) ...
+    buf = pool.alloc_nowait()
+    buf[:] = b"s" * 64
+    pool.free(buf)
+    assert bytes(pool.alloc_nowait() or b"") == bytes(64)
+    # ... through the reserve ...
+    pool2 = buffer_pool(64, min_nr=1, max_nr=1, zero_on_free=True)
+    secret = pool2.alloc_nowait()
+    assert secret is not None and pool2.curr_nr == 0
+    secret[:] = b"k" * 64
+    pool2.free(secret)
+    assert pool2.curr_nr == 1
+    assert bytes(pool2.alloc_nowait() or b"") == bytes(64)
+
+
+@pytest.mark.asyncio
+async def test_zero_on_free_wipes_a_buffer_handed_to_a_waiter() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=1, zero_on_free=True)
+    buf = await pool.alloc()
+    waiter = asyncio.create_task(pool.alloc())
+    await asyncio.sleep(0)
+    buf[:] = b"x" * 64
+    pool.free(buf)
+    got = await waiter
+    assert got is buf and bytes(got) == bytes(64)
+
+
+def test_without_zero_on_free_the_bytes_stay() -> None:
+    pool = buffer_pool(64, min_nr=1)
+    buf = pool.alloc_nowait()
+    buf[:4] = b"left"
+    pool.free(buf)
+    again = pool.alloc_nowait()
+    assert again is buf and bytes(again[:4]) == b"left"
+
+
+# -- double frees and foreign elements -----------------------------------------
+
+
+def test_a_double_free_back_to_the_cache_is_refused() -> None:
+    pool = buffer_pool(128, min_nr=1)
+    buf = pool.alloc_nowait()
+    pool.free(buf)
+    with pytest.raises(DoubleFreeError, match="double free"):
+        pool.free(buf)
+    assert pool.stats().outstanding == 0
+
+
+def test_a_double_free_into_the_reserve_is_refused() -> None:
+    pool = buffer_pool(128, min_nr=1, max_nr=1)
+    buf = pool.alloc_nowait()  # the allocator is at max_nr: this was the reserve's
+    assert pool.curr_nr == 0
+    pool.free(buf)
+    assert pool.curr_nr == 1
+    with pytest.raises(DoubleFreeError, match="reserve"):
+        pool.free(buf)
+    assert pool.curr_nr == 1
+    assert pool.alloc_nowait() is buf
+    assert pool.alloc_nowait() is None  # not handed out twice
+
+
+@pytest.mark.asyncio
+async def test_a_foreign_free_while_tasks_wait_changes_nothing() -> None:
+    # (A second free of an element already handed to a waiter cannot be
+    # told from the waiter's own free outside debug mode: same object.)
+    pool = buffer_pool(128, min_nr=1, max_nr=1)
+    buf = await pool.alloc()
+    waiter = asyncio.create_task(pool.alloc())
+    await asyncio.sleep(0)
+    with pytest.raises(ForeignElementError):
+        pool.free(buf[:10])
+    assert pool.waiters == 1 and not waiter.done()
+    pool.free(buf)
+    assert await waiter is buf
+
+
+@pytest.mark.parametrize("make", ["slice", "copy", "other pool", "bytes"])
+def test_foreign_elements_are_refused(make: str) -> None:
+    pool = buffer_pool(128, min_nr=1)
+    other = buffer_pool(128, min_nr=1)
+    buf = pool.alloc_nowait()
+    assert buf is not None
+    foreign = {
+        "slice": lambda: buf[:64],
+        "copy": lambda: memoryview(bytearray(buf)),
+        "other pool": other.alloc_nowait,
+        "bytes": lambda: b"x" * 128,
+    }[make]()
+    with pytest.raises(ForeignElementError):
+        pool.free(foreign)
+    pool.free(buf)
+    assert pool.stats().outstanding == 0
+
+
+def test_kmalloc_pool_refuses_double_frees_and_strangers() -> None:
+    pool = Mempool.kmalloc_pool(1, 16)
+    buf = pool.alloc_nowait()
+    pool.free(buf)
+    with pytest.raises(ForeignElementError):
+        pool.free(buf)
+    with pytest.raises(ForeignElementError):
+        pool.free(bytearray(16))
