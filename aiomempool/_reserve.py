@@ -77,10 +77,11 @@ class Reserve(Waiting, Generic[T]):
     def resize(self, new_min_nr: int) -> None:
         """Change ``min_nr``, the kernel's ``mempool_resize()``.
 
-        Growing allocates the missing elements with ``alloc_fn(GFP_KERNEL)``
-        all at once, handing them to waiters first; shrinking frees the
-        surplus of the reserve with ``free_fn``, from the top. Synchronous;
-        never awaits.
+        Growing allocates what the reserve lacks to hold ``new_min_nr``
+        elements with ``alloc_fn(GFP_KERNEL)``, all at once, handing them to
+        waiters first; shrinking (or keeping the size) allocates nothing and
+        frees the surplus of the reserve above ``new_min_nr`` with
+        ``free_fn``, from the top. Synchronous; never awaits.
 
         Raises:
             TypeError, ValueError: ``new_min_nr`` is not an int >= 1.
@@ -90,9 +91,12 @@ class Reserve(Waiting, Generic[T]):
         check_nr("new_min_nr", new_min_nr)
         if self._closed:
             raise PoolClosedError(f"{self!r}: resize() on a closed pool")
-        if new_min_nr <= len(self._elements):
+        if new_min_nr <= self._min_nr:
+            # Shrinking never allocates, and never fails: elements out now
+            # refill the reserve up to the new min_nr when they come back.
             self._min_nr = new_min_nr
-            surplus = [self._pop() for _ in range(len(self._elements) - new_min_nr)]
+            excess = max(0, len(self._elements) - new_min_nr)
+            surplus = [self._pop() for _ in range(excess)]
             self._regate()
             self._free_all(surplus)
             return
