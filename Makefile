@@ -3,14 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 
-.PHONY: demo test lint bench bench-quick all-pythons clean
+.PHONY: demo test lint bench bench-quick docs all-pythons clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The extras of the benchmarks (PyPI pools, matplotlib) and of the docs.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
 
 ## demo: a short tour of waiting, non-blocking and atomic allocations
 demo: $(STAMP)
@@ -26,16 +37,25 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: the benchmarks, printing medians and ratios
-bench: $(STAMP)
+## bench: every benchmark on asyncio and uvloop; updates docs/assets/benchmarks
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
 
-bench-quick: $(STAMP)
+## bench-quick: a smoke run of the benchmarks; writes nothing into docs/
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+## docs: run the cookbook's recipes, then build the site strictly into site/
+docs: $(DOCS_STAMP)
+	@for recipe in docs/recipes/*.py; do \
+		echo "$(BIN)/python $$recipe"; \
+		$(BIN)/python "$$recipe" > /dev/null || exit 1; \
+	done
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## all-pythons: the suite on CPython 3.10 to 3.13, and lint (nox)
 all-pythons: $(STAMP)
 	$(BIN)/nox --error-on-missing-interpreters
 
 clean:
-	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis site

@@ -1,1 +1,2 @@
-"""Benchmarks of aiomempool against the standard library's asyncio primitives."""
+"""Benchmarks of aiomempool against a bare list, bytearray(n), the pools users
+write with asyncio, and pool libraries from PyPI: ``python -m benchmarks``."""

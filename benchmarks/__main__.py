@@ -1,6 +1,6 @@
-"""``python -m benchmarks``: run the core benchmark."""
+"""``python -m benchmarks``: every benchmark; see benchmarks/suite.py."""
 
-from benchmarks.core import main
+from benchmarks.suite import main
 
 if __name__ == "__main__":
     main()

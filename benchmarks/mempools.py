@@ -1,0 +1,139 @@
+"""aiomempool's cases: the same cycles as the baselines, through a Mempool.
+
+The uncontended pool has a cheap backing allocator (it pops a free list), so
+that a cycle measures the pool and not the allocator. The contended pool's
+allocator is empty after filling the reserve: 16 elements are all there is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from time import perf_counter_ns
+from typing import Any
+
+import aiomempool
+from aiomempool import GFP, Mempool
+from benchmarks.cases import ELEMENTS, IN_FLIGHT
+from benchmarks.handrolled import stock
+from benchmarks.harness import Batch, Handoff, race
+
+#: Shown instead of figures for what this version of aiomempool lacks.
+NOT_AVAILABLE = "not available in this version"
+
+
+def _alloc_from(gfp_mask: GFP, free_list: list[bytearray]) -> bytearray | None:
+    """A cheap backing allocator: pops a free list, None once it is empty."""
+    return free_list.pop() if free_list else None
+
+
+def _return_to(element: bytearray, free_list: list[bytearray]) -> None:
+    free_list.append(element)
+
+
+def cheap_pool() -> Mempool[bytearray]:
+    """A reserve of 4 in front of a free list of 64: the steady state."""
+    return Mempool(4, _alloc_from, _return_to, stock(64))
+
+
+async def alloc_cycle(n: int) -> float:
+    pool = cheap_pool()
+    start = perf_counter_ns()
+    for _ in range(n):
+        x = await pool.alloc()
+        pool.free(x)
+    return (perf_counter_ns() - start) / n
+
+
+async def nowait_cycle(n: int) -> float:
+    pool = cheap_pool()
+    start = perf_counter_ns()
+    for _ in range(n):
+        x = pool.alloc_nowait()
+        pool.free(x)
+    return (perf_counter_ns() - start) / n
+
+
+async def element_cycle(n: int) -> float:
+    pool = cheap_pool()
+    start = perf_counter_ns()
+    for _ in range(n):
+        async with pool.element():
+            pass
+    return (perf_counter_ns() - start) / n
+
+
+def has_buffer_pool() -> bool:
+    return hasattr(aiomempool, "buffer_pool")
+
+
+@asynccontextmanager
+async def _buffers_out(size: int) -> AsyncIterator[tuple[Any, list[Any]]]:
+    """``aiomempool.buffer_pool(size)`` with ``IN_FLIGHT`` buffers out, all
+    given back and the pool closed at the end."""
+    pool = aiomempool.buffer_pool(size, min_nr=ELEMENTS, max_nr=4 * IN_FLIGHT)
+    ring = [pool.alloc_nowait() for _ in range(IN_FLIGHT)]
+    try:
+        yield pool, ring
+    finally:
+        for x in ring:
+            pool.free(x)
+        pool.close()
+
+
+def buffer_nowait_cycle(size: int) -> Batch:
+    """``alloc_nowait()`` + ``free()`` through ``buffer_pool(size)``: each
+    cycle takes a buffer and gives back the one taken ``IN_FLIGHT`` before."""
+
+    async def batch(n: int) -> float:
+        async with _buffers_out(size) as (pool, ring):
+            start = perf_counter_ns()
+            for i in range(n):
+                x = pool.alloc_nowait()
+                k = i % IN_FLIGHT
+                pool.free(ring[k])
+                ring[k] = x
+            return (perf_counter_ns() - start) / n
+
+    return batch
+
+
+def buffer_alloc_cycle(size: int) -> Batch:
+    """``await alloc()`` + ``free()`` through ``buffer_pool(size)``, as above."""
+
+    async def batch(n: int) -> float:
+        async with _buffers_out(size) as (pool, ring):
+            start = perf_counter_ns()
+            for i in range(n):
+                x = await pool.alloc()
+                k = i % IN_FLIGHT
+                pool.free(ring[k])
+                ring[k] = x
+            return (perf_counter_ns() - start) / n
+
+    return batch
+
+
+def _discard(element: bytearray, data: object) -> None:
+    """Never called by the contended pool: its reserve is never full."""
+
+
+async def mempool_handoff(tasks: int, cycles: int) -> Handoff:
+    pool = Mempool(ELEMENTS, _alloc_from, _discard, stock(ELEMENTS))
+    waits: list[int] = []
+
+    async def worker() -> None:
+        for _ in range(cycles):
+            start = perf_counter_ns()
+            x = await pool.alloc()
+            waits.append(perf_counter_ns() - start)
+            await asyncio.sleep(0)
+            pool.free(x)
+
+    result = await race([worker() for _ in range(tasks)], waits)
+    s = pool.stats()
+    total = tasks * cycles
+    if (s.allocs, s.frees, s.curr_nr, s.waiters) != (total, total, ELEMENTS, 0):
+        raise RuntimeError(f"pool counters off after {total} cycles: {s}")
+    return result
