@@ -261,16 +261,27 @@ class SlabCache:
         """
         if gfp_mask is not GFP_NOWAIT and gfp_mask is not GFP_KERNEL:
             decode_mask(gfp_mask)  # raises on a bad mask
-        return self._alloc_fn(gfp_mask, pool_data)
+        view = self._pop_free(self._limit)
+        if view is None:
+            view = self._alloc_slow(gfp_mask)
+        return view
 
     def _alloc_fn(self, gfp_mask: GFP | int, pool_data: object) -> memoryview | None:
         # alloc() for callers whose mask is known good, such as the pools
         # of this package: a Mempool's alloc_fn (mempool_alloc_slab()).
+        view = self._pop_free(self._limit)
+        if view is None:
+            view = self._alloc_slow(gfp_mask)
+        return view
+
+    def _pop_free(self, limit: int) -> memoryview | None:
+        """Hand out the top free slot if fewer than ``limit`` objects are
+        out; None if not, or if no slot is free. The common case of every
+        allocation, called by SlabPool's hot paths too (_limit is 0 once
+        the cache is closed: then it always says None)."""
         free = self._free
         out = self._nr_objects - len(free)
-        # _limit is 0 once closed: then no call passes this test.
-        if not (free and out < self._limit) and not self._may_take(gfp_mask, out):
-            self._alloc_failures += 1
+        if not free or out >= limit:
             return None
         view = free.pop()
         self._busy.add(id(view))
@@ -278,17 +289,27 @@ class SlabCache:
             self._high_water = out + 1
         return view
 
-    def _may_take(self, gfp_mask: GFP | int, out: int) -> bool:
-        """alloc() with nothing free or over the limit: True once it may pop."""
+    def _alloc_slow(self, gfp_mask: GFP | int) -> memoryview | None:
+        """_alloc_fn() when _pop_free() said None: closed, over the limit,
+        or nothing free."""
         if self._closed:
             raise PoolClosedError(f"{self!r}: alloc() on a closed cache")
-        # Over max_objects only GFP.HIGH may pass, and only below _cap: the
-        # one place that looks into the mask (IntFlag arithmetic is slow).
-        if out >= self._limit and (out >= self._cap or not decode_mask(gfp_mask).high):
-            return False
-        # out < _cap here, and _nr_objects == out if nothing is free: a new
-        # slab of at least one object fits under _cap.
-        return bool(self._free) or self._grow()
+        out = self._nr_objects - len(self._free)
+        limit = self._limit
+        if out >= limit:
+            # Over max_objects only GFP.HIGH may pass, and only below _cap:
+            # the one place that looks into the mask (IntFlag arithmetic is
+            # slow).
+            if out >= self._cap or not decode_mask(gfp_mask).high:
+                self._alloc_failures += 1
+                return None
+            limit = self._cap
+        # out < limit <= _cap here, and _nr_objects == out if nothing is
+        # free: a new slab of at least one object fits under _cap.
+        if not self._free and not self._grow():
+            self._alloc_failures += 1
+            return None
+        return self._pop_free(limit)
 
     def _grow(self) -> bool:
         """Add one slab, its slots on the free list; False if out of memory."""
@@ -324,14 +345,19 @@ class SlabCache:
             DoubleFreeError: ``view`` is a buffer of this cache, already free.
             ForeignElementError: ``view`` is not a buffer of this cache.
         """
+        self._push_free(view)
+        if self._closed:
+            self.shrink()
+
+    def _push_free(self, view: memoryview) -> None:
+        """Take back a view that is out: the common case of every free,
+        called by SlabPool's hot path too."""
         try:
             self._busy.remove(id(view))
         except KeyError:
             raise self._refusal(view) from None
         self._free.append(view)
         self._frees += 1
-        if self._closed:
-            self.shrink()
 
     def _refusal(self, view: object) -> ValueError:
         """The error for a free() of something not out: what was it?"""

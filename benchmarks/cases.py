@@ -16,7 +16,7 @@ ELEMENTS = 16
 #: cycle takes one and gives back the one taken 64 cycles before.
 IN_FLIGHT = 64
 #: The buffer sizes measured.
-BUFFER_SIZES = (4096, 65536)
+BUFFER_SIZES = (4096, 65536, 262144)
 
 # Families, for the tables and the charts.
 FLOOR = "floor"
