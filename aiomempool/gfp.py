@@ -38,12 +38,12 @@ class GFP(enum.IntFlag):
     ZERO = 0x8
 
 
-#: May wait for an element: the usual mask for task context.
 GFP_KERNEL = GFP.DIRECT_RECLAIM
-#: Never waits, no emergency headroom: for callbacks.
+"""May wait for an element: the usual mask for task context."""
 GFP_NOWAIT = GFP(0)
-#: Never waits, urgent: may use the allocator's emergency headroom.
+"""Never waits, no emergency headroom: for callbacks."""
 GFP_ATOMIC = GFP.HIGH
+"""Never waits, urgent: may use the allocator's emergency headroom."""
 
 _ALL_BITS = 0
 for _flag in GFP:

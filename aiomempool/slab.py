@@ -36,8 +36,8 @@ from .stats import SlabStats
 
 __all__ = ["SlabCache"]
 
-#: A slab's size when objects_per_slab is not given: about this many bytes.
 SLAB_BYTES = 1 << 20
+"""A slab's size when objects_per_slab is not given: about this many bytes."""
 
 
 class _Slab:

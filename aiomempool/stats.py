@@ -9,11 +9,11 @@ from typing import Any
 
 __all__ = ["WAIT_BUCKETS", "MempoolStats", "SlabStats", "named_pools"]
 
-#: Upper bounds, in seconds, of the buckets of the wait-time histogram in
-#: ``MempoolStats.wait_counts``; the last one catches every longer wait.
 WAIT_BUCKETS: tuple[float, ...] = (
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, math.inf,
 )  # fmt: skip
+"""Upper bounds, in seconds, of the buckets of the wait-time histogram in
+``MempoolStats.wait_counts``; the last one catches every longer wait."""
 
 # Every live pool that was given a name, for metrics exporters.
 _named: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -37,36 +37,36 @@ class MempoolStats:
     are the state when the snapshot was taken.
     """
 
-    #: The pool's name, or None.
     name: str | None
-    #: Elements the reserve guarantees.
+    """The pool's name, or None."""
     min_nr: int
-    #: Elements in the reserve now.
+    """Elements the reserve guarantees."""
     curr_nr: int
-    #: Tasks waiting in ``alloc()`` now.
+    """Elements in the reserve now."""
     waiters: int
-    #: Elements handed out by ``alloc()`` and ``alloc_nowait()``.
+    """Tasks waiting in ``alloc()`` now."""
     allocs: int
-    #: Elements given back by ``free()`` (``None`` not counted).
+    """Elements handed out by ``alloc()`` and ``alloc_nowait()``."""
     frees: int
-    #: Elements handed out and not yet freed: ``allocs - frees``.
+    """Elements given back by ``free()`` (``None`` not counted)."""
     outstanding: int
-    #: Elements handed out from the reserve, hand-offs to waiters included.
+    """Elements handed out and not yet freed: ``allocs - frees``."""
     reserve_hits: int
-    #: Calls of ``alloc_fn`` that gave nothing (``None`` or ``MemoryError``).
+    """Elements handed out from the reserve, hand-offs to waiters included."""
     alloc_fn_failures: int
-    #: Allocations that had to wait, each counted once.
+    """Calls of ``alloc_fn`` that gave nothing (``None`` or ``MemoryError``)."""
     waits: int
-    #: Allocations that gave up when their ``timeout`` elapsed.
+    """Allocations that had to wait, each counted once."""
     timeouts: int
-    #: The longest wait, in seconds, that ended with an element.
+    """Allocations that gave up when their ``timeout`` elapsed."""
     max_wait_s: float
-    #: Waits that ended with an element, counted per bucket of
-    #: ``WAIT_BUCKETS`` (a wait of w seconds falls in the first bucket whose
-    #: bound is >= w); not cumulative.
+    """The longest wait, in seconds, that ended with an element."""
     wait_counts: tuple[int, ...]
-    #: The total of those waits, in seconds.
+    """Waits that ended with an element, counted per bucket of
+    ``WAIT_BUCKETS`` (a wait of w seconds falls in the first bucket whose
+    bound is >= w); not cumulative."""
     wait_sum_s: float
+    """The total of those waits, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -78,23 +78,23 @@ class SlabStats:
     when the snapshot was taken.
     """
 
-    #: The cache's name, or None.
     name: str | None
-    #: Bytes in each object.
+    """The cache's name, or None."""
     object_size: int
-    #: Slabs held now.
+    """Bytes in each object."""
     slabs: int
-    #: Objects out now: every object in a slab minus those on the free list.
+    """Slabs held now."""
     objects_in_use: int
-    #: Objects on the free list now.
+    """Objects out now: every object in a slab minus those on the free list."""
     objects_free: int
-    #: Bytes held in slabs: ``(objects_in_use + objects_free) * object_size``.
+    """Objects on the free list now."""
     bytes_reserved: int
-    #: The most objects ever out at once.
+    """Bytes held in slabs: ``(objects_in_use + objects_free) * object_size``."""
     high_water: int
-    #: Objects handed out by ``alloc()``.
+    """The most objects ever out at once."""
     allocs: int
-    #: Objects given back by ``free()``.
+    """Objects handed out by ``alloc()``."""
     frees: int
-    #: Calls of ``alloc()`` that returned None.
+    """Objects given back by ``free()``."""
     alloc_failures: int
+    """Calls of ``alloc()`` that returned None."""
