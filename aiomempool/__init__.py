@@ -4,9 +4,11 @@ A ``Mempool`` keeps a reserve of ``min_nr`` preallocated elements so that
 work can always make progress when the backing allocator fails.
 """
 
+from .debug import Outstanding
 from .element import ElementContext
 from .errors import (
     AllocTimeoutError,
+    CorruptionError,
     DoubleFreeError,
     ForeignElementError,
     InvalidFreeError,
@@ -27,6 +29,7 @@ __all__ = [
     "GFP_NOWAIT",
     "WAIT_BUCKETS",
     "AllocTimeoutError",
+    "CorruptionError",
     "DoubleFreeError",
     "ElementContext",
     "ForeignElementError",
@@ -34,6 +37,7 @@ __all__ = [
     "Mempool",
     "MempoolError",
     "MempoolStats",
+    "Outstanding",
     "PoolClosedError",
     "PoolExhaustedError",
     "SlabCache",

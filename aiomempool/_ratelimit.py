@@ -21,9 +21,15 @@ class RateLimitedWarning:
     it is reported, then reset, by the first record of the next window.
     """
 
-    __slots__ = ("begin", "burst", "interval", "missed", "printed")
+    __slots__ = ("begin", "burst", "interval", "missed", "printed", "what")
 
-    def __init__(self, interval: float = INTERVAL, burst: int = BURST) -> None:
+    def __init__(
+        self,
+        interval: float = INTERVAL,
+        burst: int = BURST,
+        what: str = "allocation failure",
+    ) -> None:
+        self.what = what  # names the warnings in the line about those held back
         self.interval = interval
         self.burst = burst
         self.begin = 0.0
@@ -34,7 +40,7 @@ class RateLimitedWarning:
         now = time.monotonic()
         if not self.printed or now - self.begin >= self.interval:
             if self.missed:
-                logger.warning("%d allocation failure warnings suppressed", self.missed)
+                logger.warning("%d %s warnings suppressed", self.missed, self.what)
             self.begin = now
             self.printed = 0
             self.missed = 0

@@ -19,6 +19,9 @@ from ._waiting import Waiting
 from .errors import PoolClosedError
 from .gfp import GFP, GFP_KERNEL
 
+if TYPE_CHECKING:
+    from .debug import PoolDebug
+
 T = TypeVar("T")
 R = TypeVar("R", bound="Reserve[Any]")
 
@@ -33,17 +36,26 @@ class Reserve(Waiting, Generic[T]):
     if TYPE_CHECKING:  # provided by Mempool
         _pool_data: Any
         _free_fn: Callable[[T, Any], object]
+        _debug: PoolDebug[T] | None
 
         def _call_alloc_fn(self, gfp_mask: GFP) -> T | None: ...
         def _regate(self) -> None: ...
 
     def _push(self, element: T) -> None:
-        """Put ``element`` on top of the reserve."""
+        """Put ``element`` on top of the reserve (poisoned in debug mode)."""
+        if self._debug is not None:
+            self._debug.poison(element)
         self._elements.append(element)
         self._regate()
 
     def _pop(self) -> T:
-        """Take the top element of the reserve, which is not empty."""
+        """Take the top element of the reserve, which is not empty.
+
+        In debug mode its poison is checked first: a CorruptionError leaves
+        it on top, poisoned afresh.
+        """
+        if self._debug is not None:
+            self._debug.check(self._elements[-1])
         self._gate = True  # the reserve is below min_nr now
         return self._elements.pop()
 
@@ -120,6 +132,8 @@ class Reserve(Waiting, Generic[T]):
             return
         self._closed = True
         self._gate = True
+        if self._debug is not None:
+            self._debug.report_leaks()
         self._close_line()
         elements = [self._pop() for _ in range(len(self._elements))]
         self._free_all(elements)

@@ -7,6 +7,7 @@ import sys
 
 __all__ = [
     "AllocTimeoutError",
+    "CorruptionError",
     "DoubleFreeError",
     "ForeignElementError",
     "InvalidFreeError",
@@ -22,6 +23,17 @@ class MempoolError(Exception):
 
 class PoolClosedError(MempoolError, RuntimeError):
     """The pool was closed: it hands out nothing more."""
+
+
+class CorruptionError(MempoolError):
+    """Debug mode found the poison of a free element overwritten: something
+    wrote to it after it was freed.
+
+    The message names the pool (or cache), the element (for a buffer of a
+    ``SlabCache``, its slab and slot), the offset of the first bad byte and
+    the bytes around it: the kernel's "poison mismatch" report. The element
+    is poisoned afresh and stays free.
+    """
 
 
 class PoolExhaustedError(MempoolError, MemoryError):

@@ -35,6 +35,7 @@ from ._checks import check_nr, check_timeout, running_loop
 from ._ratelimit import RateLimitedWarning
 from ._reserve import Reserve
 from ._waiting import CLOSED, TIMEDOUT, Fresh, Waiting
+from .debug import Outstanding, PoolDebug, debug_enabled
 from .element import ElementContext
 from .errors import AllocTimeoutError, InvalidFreeError, PoolClosedError
 from .gfp import (
@@ -76,6 +77,14 @@ class Mempool(Reserve[T]):
     no barging; a cancelled or timed-out waiter never loses an element or a
     wake-up; ``alloc()`` takes a ``timeout``; ``stats()`` counts everything.
 
+    ``debug=True`` turns on debug mode (``debug=None``, the default: on if
+    the environment variable ``AIOMEMPOOL_DEBUG`` is "1", "true" or "yes"
+    when the pool is built): the reserve's bytes are poisoned and checked,
+    double frees name where the first one was, ``outstanding()`` lists where
+    each element out was allocated, ``close()`` logs the leaks, and a
+    memoryview is lent as a fresh view that ``free()`` releases. Every call
+    then takes the slow paths; see ``aiomempool.debug``.
+
     Example::
 
         pool = Mempool(16, lambda gfp, size: bytearray(size),
@@ -85,7 +94,7 @@ class Mempool(Reserve[T]):
 
     Raises:
         TypeError: ``min_nr`` is not an int; ``alloc_fn`` or ``free_fn`` is
-            not callable; ``name`` is not a str.
+            not callable; ``name`` is not a str; ``debug`` is not a bool.
         ValueError: ``min_nr < 1``; ``retry_interval`` is not positive.
         MemoryError: ``alloc_fn`` could not make ``min_nr`` elements.
     """
@@ -118,6 +127,7 @@ class Mempool(Reserve[T]):
         *,
         name: str | None = None,
         retry_interval: float = 5.0,
+        debug: bool | None = None,
     ) -> None:
         check_nr("min_nr", min_nr)
         for arg, fn in (("alloc_fn", alloc_fn), ("free_fn", free_fn)):
@@ -130,6 +140,7 @@ class Mempool(Reserve[T]):
             raise ValueError(
                 f"retry_interval must be > 0 seconds, got {retry_interval}"
             )
+        debug = debug_enabled(debug)
         self._min_nr = min_nr
         self._alloc_fn = alloc_fn
         self._free_fn = free_fn
@@ -144,7 +155,8 @@ class Mempool(Reserve[T]):
         self._wait_counts = [0] * len(WAIT_BUCKETS)
         self._wait_sum_s = 0.0
         self._elements: list[T] = []
-        self._debug: Any = None
+        # Before the reserve is made: debug mode poisons what enters it.
+        self._debug: PoolDebug[T] | None = PoolDebug(self) if debug else None
         for element in self._prealloc(min_nr):
             self._push(element)
         if name is not None:
@@ -196,9 +208,25 @@ class Mempool(Reserve[T]):
             wait_sum_s=self._wait_sum_s,
         )
 
+    def outstanding(self) -> list[Outstanding[T]]:
+        """Every element out with a caller now, with where it was allocated
+        and how long ago, oldest first (debug mode).
+
+        Raises:
+            RuntimeError: the pool is not in debug mode, where allocation
+                sites are recorded.
+        """
+        if self._debug is None:
+            raise RuntimeError(
+                f"{self!r}: outstanding() needs debug mode: build the pool with "
+                "debug=True, or with AIOMEMPOOL_DEBUG=1 in the environment"
+            )
+        return self._debug.outstanding()
+
     def __repr__(self) -> str:
         name = f" {self._name!r}" if self._name is not None else ""
         state = " closed" if self._closed else ""
+        state += " debug" if self._debug is not None else ""
         return (
             f"<Mempool{name}{state} min_nr={self._min_nr} "
             f"curr_nr={len(self._elements)} waiters={self._nparked}>"
@@ -258,7 +286,7 @@ class Mempool(Reserve[T]):
             if not (self._nparked and self._in_line()):
                 element = self._take(mask)
                 if element is not None:
-                    return element
+                    return element if self._debug is None else self._debug.lend(element)
             if not mask.may_wait:
                 self._failed(mask)
                 return None
@@ -297,7 +325,7 @@ class Mempool(Reserve[T]):
         self._wait_sum_s += waited
         if waited > self._max_wait_s:
             self._max_wait_s = waited
-        return element
+        return element if self._debug is None else self._debug.lend(element)
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> T | None:
         """Allocate an element without waiting; ``None`` if there is none.
@@ -339,7 +367,7 @@ class Mempool(Reserve[T]):
         if not (self._nparked and self._in_line()):
             element = self._take(mask)
             if element is not None:
-                return element
+                return element if self._debug is None else self._debug.lend(element)
         self._failed(mask)
         return None
 
@@ -348,6 +376,8 @@ class Mempool(Reserve[T]):
 
         The caller has checked that the pool is open and nobody waits.
         """
+        if self._debug is not None:
+            self._debug.retry()  # quarantined elements nobody can reach now
         element = self._call_alloc_fn(mask.first)
         if element is None:
             return self._take_reserve(mask)
@@ -357,9 +387,10 @@ class Mempool(Reserve[T]):
     def _take_reserve(self, mask: Mask) -> T | None:
         """What _take() does once the cheap first try has failed."""
         if self._elements:
+            taken = self._pop()  # debug mode may raise CorruptionError
             self._allocs += 1
             self._reserve_hits += 1
-            return self._pop()
+            return taken
         if not mask.may_wait:
             return None
         # The reserve is empty and the first try was restricted: now the
@@ -417,6 +448,10 @@ class Mempool(Reserve[T]):
             try:
                 # The hot path, for a pool in its steady state: see _regate().
                 if self._gate:
+                    if self._debug is not None:
+                        element = self._debug.reclaim(element)
+                        if element is None:
+                            return  # in quarantine: see debug.py
                     self._put(element)
                 else:
                     self._free_fn(element, self._pool_data)
@@ -429,7 +464,10 @@ class Mempool(Reserve[T]):
         hot paths run: open, nobody parked, the reserve full. Called
         wherever one of the three may have changed."""
         self._gate = (
-            self._closed or self._nparked > 0 or len(self._elements) < self._min_nr
+            self._closed
+            or self._nparked > 0
+            or len(self._elements) < self._min_nr
+            or self._debug is not None  # debug mode's hooks are on slow paths
         )
 
     def _put(self, element: T) -> None:

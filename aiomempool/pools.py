@@ -14,15 +14,19 @@ How: the allocator keeps the ids of the elements that callers hold in its
 (``_push``) and comes back to it when it leaves the reserve (``_pop``), so
 ``_busy`` holds exactly the elements out with callers, and a second free of
 one finds it missing there, wherever the first free sent it: back to the
-allocator, into the reserve, or to a waiting task.
+allocator, into the reserve, or to a waiting task. A buffer that the leak
+detector lent as an alias (``leak_sampling``) is missing there too: a free
+of it is a free of the buffer it stands for (``_claim``).
 """
 
 from __future__ import annotations
 
 import mmap
-from typing import Any, Generic, Protocol, TypeVar
+import sys
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._checks import check_nr
+from ._leaks import LeakSampler, unwatch
 from .errors import DoubleFreeError, ForeignElementError
 from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT
 from .mempool import Mempool
@@ -37,6 +41,7 @@ class _Allocator(Protocol[T]):
     """What a pool of this module needs of its allocator."""
 
     _busy: set[int]
+    _watches: dict[int, Any]
 
     def _alloc_fn(self, gfp_mask: GFP, pool_data: Any) -> T | None: ...
     def _free_fn(self, element: T, pool_data: Any) -> None: ...
@@ -46,11 +51,12 @@ class _Allocator(Protocol[T]):
 class _Kmalloc:
     """``bytearray(size)`` as an allocator that knows what it handed out."""
 
-    __slots__ = ("_busy", "size")
+    __slots__ = ("_busy", "_watches", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._busy: set[int] = set()
+        self._watches: dict[int, Any] = {}  # no leak detector: stays empty
 
     def _alloc_fn(self, gfp_mask: GFP, pool_data: Any) -> bytearray:
         buf = bytearray(self.size)  # a MemoryError means "nothing" to the pool
@@ -75,7 +81,9 @@ class TrackedPool(Mempool[T], Generic[T]):
     """A Mempool on an allocator of this module: it refuses double frees
     and foreign elements. Build one with the functions of this module."""
 
-    __slots__ = ("_allocator", "_owns_allocator")
+    # _sampler belongs to _SampledPool, declared on this common base so that
+    # _SampledZeroingPool may combine it with _ZeroingPool's slot.
+    __slots__ = ("_allocator", "_owns_allocator", "_sampler")
 
     def __init__(
         self,
@@ -90,6 +98,8 @@ class TrackedPool(Mempool[T], Generic[T]):
         super().__init__(
             min_nr, allocator._alloc_fn, allocator._free_fn, allocator, **options
         )
+        if self._debug is not None:
+            self._debug.strict = True  # it refuses what it did not hand out
 
     def _push(self, element: T) -> None:
         # Into the reserve: no longer out with a caller.
@@ -109,8 +119,16 @@ class TrackedPool(Mempool[T], Generic[T]):
         # Every free that is not the hot path's comes here first: to a
         # waiter, the reserve or the allocator, it must be out with a caller.
         if id(element) not in self._allocator._busy:
-            raise self._refusal(element)
+            element = self._claim(element)
         super()._put(element)
+
+    def _claim(self, element: T) -> T:
+        """What to take back for ``element``, which is not out: the slot
+        a leak detector lent it for (``leak_sampling``), or the error."""
+        slot = unwatch(self._allocator._watches, element)
+        if slot is None:
+            raise self._refusal(element)
+        return cast(T, slot)
 
     def _refusal(self, element: object) -> ValueError:
         if any(e is element for e in self._elements):
@@ -179,25 +197,96 @@ class _ZeroingPool(SlabPool):
     def __init__(self, min_nr: int, cache: SlabCache, **options: Any) -> None:
         self._zeros = bytes(cache.object_size)
         super().__init__(min_nr, cache, **options)
+        if self._debug is not None:
+            self._debug.zero = True  # zeros, not POISON_INUSE, handed out
 
     def free(self, element: memoryview | None) -> None:
-        """Wipe the element, then free it: the next borrower reads zeros."""
-        if element is not None:
+        """Wipe the element, then free it: the next borrower reads zeros.
+        In debug mode poisoning wipes it, and it is zeroed when handed out."""
+        if element is not None and self._debug is None:
             if id(element) not in self._allocator._busy:
-                raise self._refusal(element)
+                element = self._claim(element)
             element[:] = self._zeros
         super().free(element)
+
+
+class _SampledPool(SlabPool):
+    """A SlabPool with the sampled leak detector (``leak_sampling``): its
+    allocations count down, and about one in N lends a watched alias of the
+    buffer (see _leaks.py). Debug mode, which tracks every element, turns
+    the sampling off."""
+
+    __slots__ = ()
+    _sampler: LeakSampler
+
+    def __init__(
+        self, min_nr: int, cache: SlabCache, *, leak_sampling: int, **options: Any
+    ) -> None:
+        check_nr("leak_sampling", leak_sampling)
+        super().__init__(min_nr, cache, **options)
+        every = leak_sampling if self._debug is None else sys.maxsize
+        self._sampler = LeakSampler(self, cache, every)
+
+    async def alloc(
+        self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
+    ) -> memoryview | None:
+        """As ``Mempool.alloc()``."""
+        # SlabPool.alloc()'s hot path, inlined: awaiting it would cost a
+        # coroutine more per call.
+        view = None
+        if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
+            cache = self._allocator
+            view = cache._pop_free(cache._limit)
+            if view is not None:
+                self._allocs += 1
+        if view is None:
+            view = await Mempool.alloc(self, gfp_mask, timeout=timeout)
+        sampler = self._sampler
+        sampler.countdown -= 1
+        return view if sampler.countdown > 0 else sampler.sample(view)
+
+    def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
+        """As ``Mempool.alloc_nowait()``."""
+        view = None  # SlabPool.alloc_nowait()'s hot path, inlined as above
+        if gfp_mask is GFP_NOWAIT and not self._gate:
+            cache = self._allocator
+            view = cache._pop_free(cache._limit)
+            if view is not None:
+                self._allocs += 1
+        if view is None:
+            view = Mempool.alloc_nowait(self, gfp_mask)
+        sampler = self._sampler
+        sampler.countdown -= 1
+        return view if sampler.countdown > 0 else sampler.sample(view)
+
+
+class _SampledZeroingPool(_ZeroingPool, _SampledPool):
+    """``zero_on_free`` and ``leak_sampling``."""
+
+    __slots__ = ()
+
+
+def _pool_class(zero_on_free: bool, options: dict[str, Any]) -> type[SlabPool]:
+    if options.get("leak_sampling") is None:
+        return _ZeroingPool if zero_on_free else SlabPool
+    return _SampledZeroingPool if zero_on_free else _SampledPool
 
 
 def slab_pool(min_nr: int, cache: SlabCache, **options: Any) -> Mempool[memoryview]:
     """A pool of ``cache``'s buffers: ``mempool_create_slab_pool()``.
 
     The pool does not own the cache: closing the pool leaves it open.
-    ``options`` are those of ``Mempool`` (``name``, ``retry_interval``).
+    ``options`` are those of ``Mempool`` (``name``, ``retry_interval``,
+    ``debug``: by default on too if the cache is in debug mode) and
+    ``leak_sampling``, as for ``buffer_pool``.
     """
     if not isinstance(cache, SlabCache):
         raise TypeError(f"cache must be a SlabCache, not {type(cache).__name__}")
-    return SlabPool(min_nr, cache, **options)
+    if cache._debug:
+        # A SlabPool's hot paths skip the cache's checks: a debug pool takes
+        # none. With debug=False, only its slow paths are checked.
+        options.setdefault("debug", True)
+    return _pool_class(False, options)(min_nr, cache, **options)
 
 
 def kmalloc_pool(min_nr: int, size: int, **options: Any) -> Mempool[bytearray]:
@@ -215,14 +304,19 @@ def page_pool(min_nr: int, order: int = 0, **options: Any) -> Mempool[memoryview
     (4096 << order on most machines): ``mempool_create_page_pool()``.
 
     The buffers are writable memoryviews of anonymous memory maps, aligned
-    to the page, as O_DIRECT file I/O wants them.
+    to the page, as O_DIRECT file I/O wants them. ``options`` are those of
+    ``Mempool`` and ``leak_sampling``, as for ``buffer_pool``.
     """
     if type(order) is not int or not 0 <= order <= 20:
         raise ValueError(f"order must be an int from 0 to 20, got {order!r}")
     cache = SlabCache(
-        mmap.PAGESIZE << order, page_aligned=True, name=options.get("name")
+        mmap.PAGESIZE << order,
+        page_aligned=True,
+        name=options.get("name"),
+        debug=options.get("debug"),
     )
-    return SlabPool(min_nr, cache, owns_allocator=True, **options)
+    pool_class = _pool_class(False, options)
+    return pool_class(min_nr, cache, owns_allocator=True, **options)
 
 
 def buffer_pool(
@@ -251,7 +345,14 @@ def buffer_pool(
     one's bytes, another connection's data. It costs a memset of ``size``
     bytes per free.
 
-    ``options`` are those of ``Mempool`` (``name``, ``retry_interval``).
+    ``leak_sampling=N`` watches about one allocation in N, outside debug
+    mode: a buffer dropped without ``free()`` is logged with where it was
+    allocated, and goes back to the pool (see ``aiomempool._leaks``). Off
+    (None) by default; when on, it costs the hot paths a countdown, and
+    each watched allocation a few microseconds.
+
+    ``options`` are those of ``Mempool`` (``name``, ``retry_interval``,
+    ``debug``; debug mode applies to the pool and its cache).
 
     Raises:
         TypeError, ValueError: a size or count that is not an int >= 1, or
@@ -275,11 +376,11 @@ def buffer_pool(
         headroom=headroom,
         page_aligned=page_aligned,
         name=options.get("name"),
+        debug=options.get("debug"),
     )
     try:
-        if zero_on_free:
-            return _ZeroingPool(min_nr, cache, owns_allocator=True, **options)
-        return SlabPool(min_nr, cache, owns_allocator=True, **options)
+        pool_class = _pool_class(zero_on_free, options)
+        return pool_class(min_nr, cache, owns_allocator=True, **options)
     except BaseException:
         cache.close()
         raise

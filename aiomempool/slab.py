@@ -14,6 +14,9 @@ Bookkeeping, on the event loop's thread (nothing here is thread-safe):
   cache keeps its slot views alive, so their ids name them and nothing else.
 * ``_slots``: ``id(view) -> (slab, index)`` for every slot view, to name
   the slot in error messages and to find a slab's views in ``shrink()``.
+* ``_watches``: ``id(alias) -> watch`` for the buffers a leak detector lent
+  as an alias of their slot (``_leaks.LeakSampler``): ``free()`` of an alias
+  frees its slot.
 
 Invariants: a slot view is in exactly one of the free list and ``_busy``.
 Objects "out" are counted as ``_nr_objects - len(_free)`` rather than
@@ -28,9 +31,18 @@ from __future__ import annotations
 import mmap
 import sys
 from contextlib import suppress
+from typing import Any
 
 from ._checks import check_nr
-from .errors import DoubleFreeError, ForeignElementError, PoolClosedError
+from ._leaks import unwatch
+from ._poison import check_poison, poison, slot_name
+from .debug import debug_enabled
+from .errors import (
+    CorruptionError,
+    DoubleFreeError,
+    ForeignElementError,
+    PoolClosedError,
+)
 from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT, decode_mask
 from .stats import SlabStats
 
@@ -90,6 +102,11 @@ class SlabCache:
     buffer starts on a page boundary (for ``O_DIRECT`` I/O); then
     ``object_size`` must be a multiple of ``mmap.PAGESIZE``.
 
+    ``debug=True`` (by default, if ``AIOMEMPOOL_DEBUG`` is "1", "true" or
+    "yes"; see ``aiomempool.debug``) poisons every free buffer, checks the
+    poison when it is handed out (``CorruptionError`` on a mismatch) and
+    fills it with 0x5a: a caller must not assume zeros.
+
     Example::
 
         cache = SlabCache(65536, max_objects=64, name="rx")
@@ -105,10 +122,10 @@ class SlabCache:
     """
 
     __slots__ = (
-        "__weakref__", "_alloc_failures", "_busy", "_cap", "_closed",
+        "__weakref__", "_alloc_failures", "_busy", "_cap", "_closed", "_debug",
         "_free", "_frees", "_headroom", "_high_water", "_limit", "_max_objects",
         "_name", "_next_number", "_nr_objects", "_object_size",
-        "_objects_per_slab", "_page_aligned", "_slabs", "_slots",
+        "_objects_per_slab", "_page_aligned", "_slabs", "_slots", "_watches",
     )  # fmt: skip
 
     def __init__(
@@ -120,6 +137,7 @@ class SlabCache:
         headroom: int | None = None,
         page_aligned: bool = False,
         name: str | None = None,
+        debug: bool | None = None,
     ) -> None:
         check_nr("object_size", object_size)
         if objects_per_slab is not None:
@@ -164,6 +182,8 @@ class SlabCache:
         self._headroom = headroom
         self._page_aligned = page_aligned
         self._name = name
+        self._debug = debug_enabled(debug)
+        self._watches: dict[int, Any] = {}
         self._closed = False
         self._free: list[memoryview] = []
         self._busy: set[int] = set()
@@ -264,6 +284,8 @@ class SlabCache:
         view = self._pop_free(self._limit)
         if view is None:
             view = self._alloc_slow(gfp_mask)
+        if self._debug and view is not None:
+            self._check(view)
         return view
 
     def _alloc_fn(self, gfp_mask: GFP | int, pool_data: object) -> memoryview | None:
@@ -272,7 +294,19 @@ class SlabCache:
         view = self._pop_free(self._limit)
         if view is None:
             view = self._alloc_slow(gfp_mask)
+        if self._debug and view is not None:
+            self._check(view)
         return view
+
+    def _check(self, view: memoryview) -> None:
+        """Debug mode: check the poison of a buffer just handed out. On a
+        mismatch it goes back on the free list, poisoned afresh."""
+        try:
+            check_poison(view, lambda: f"{self!r}: {slot_name(self, view)}")
+        except CorruptionError:
+            self._busy.remove(id(view))
+            self._free.append(view)
+            raise
 
     def _pop_free(self, limit: int) -> memoryview | None:
         """Hand out the top free slot if fewer than ``limit`` objects are
@@ -324,6 +358,8 @@ class SlabCache:
         self._slabs.append(slab)
         for index, view in enumerate(slab.views):
             self._slots[id(view)] = (slab, index)
+            if self._debug:
+                poison(view)
         # Reversed, so that slot 0 is on top and handed out first.
         self._free.extend(reversed(slab.views))
         self._nr_objects += count
@@ -346,6 +382,8 @@ class SlabCache:
             ForeignElementError: ``view`` is not a buffer of this cache.
         """
         self._push_free(view)
+        if self._debug:
+            poison(self._free[-1])  # the slot just taken back
         if self._closed:
             self.shrink()
 
@@ -355,7 +393,11 @@ class SlabCache:
         try:
             self._busy.remove(id(view))
         except KeyError:
-            raise self._refusal(view) from None
+            slot = unwatch(self._watches, view)  # a leak detector's alias?
+            if slot is None:
+                raise self._refusal(view) from None
+            self._busy.remove(id(slot))
+            view = slot
         self._free.append(view)
         self._frees += 1
 
