@@ -312,7 +312,8 @@ class SlabCache:
         """Hand out the top free slot if fewer than ``limit`` objects are
         out; None if not, or if no slot is free. The common case of every
         allocation, called by SlabPool's hot paths too (_limit is 0 once
-        the cache is closed: then it always says None)."""
+        the cache is closed: then it always says None). SlabPool.alloc()
+        inlines it: change both together."""
         free = self._free
         out = self._nr_objects - len(free)
         if not free or out >= limit:
@@ -388,8 +389,8 @@ class SlabCache:
             self.shrink()
 
     def _push_free(self, view: memoryview) -> None:
-        """Take back a view that is out: the common case of every free,
-        called by SlabPool's hot path too."""
+        """Take back a view that is out: the common case of every free.
+        SlabPool.free() inlines it: change both together."""
         try:
             self._busy.remove(id(view))
         except KeyError:

@@ -255,3 +255,20 @@ def test_kmalloc_pool_refuses_double_frees_and_strangers() -> None:
         pool.free(buf)
     with pytest.raises(ForeignElementError):
         pool.free(bytearray(16))
+
+
+@pytest.mark.asyncio
+async def test_the_slab_pools_hot_paths_keep_the_caches_books() -> None:
+    # SlabPool inlines the cache's common cases: the cache must not notice.
+    pool = buffer_pool(256, min_nr=2, max_nr=8)
+    cache = pool._allocator  # type: ignore[attr-defined]
+    held = [await pool.alloc() for _ in range(3)] + [pool.alloc_nowait()]
+    stats = cache.stats()
+    assert (stats.objects_in_use, stats.high_water) == (2 + 4, 2 + 4)
+    for buf in held:
+        pool.free(buf)
+    stats = cache.stats()
+    assert (stats.objects_in_use, stats.frees, stats.allocs) == (2, 4, 6)
+    assert pool.stats().outstanding == 0
+    with pytest.raises(DoubleFreeError):
+        pool.free(held[0])
