@@ -1,8 +1,9 @@
 """An asyncio.BufferedProtocol that reads into pooled buffers: an echo server.
 
-get_buffer() is a callback, so it takes a buffer with alloc_nowait();
-buffer_updated() hands the received bytes on, then frees the buffer. A
-connection holds a buffer only while a read is in progress.
+get_buffer() is a callback, so it takes a buffer of a buffer_pool with
+alloc_nowait(GFP_ATOMIC); buffer_updated() hands the received bytes on, then
+frees the buffer. A connection holds a buffer only while a read is in
+progress.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import asyncio
 import os
 from typing import cast
 
-from sizing import bounded_pool
-
-from aiomempool import GFP_ATOMIC, Mempool, PoolExhaustedError
+from aiomempool import GFP_ATOMIC, Mempool, PoolExhaustedError, buffer_pool
 
 
 class PooledProtocol(asyncio.BufferedProtocol):
@@ -26,7 +25,7 @@ class PooledProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         # sizehint is no minimum (-1 on selector loops, 65536 on uvloop, even
         # 0 under TLS): any non-empty buffer will do. GFP_ATOMIC: a read in
-        # progress is urgent, it may use the allocator's emergency headroom.
+        # progress is urgent, it may use the pool's headroom beyond max_nr.
         buf = self.pool.alloc_nowait(GFP_ATOMIC)
         if buf is None:
             # asyncio closes the connection; see the Backpressure recipe for
@@ -63,7 +62,9 @@ class Echo(PooledProtocol):
 
 
 async def main() -> None:
-    pool = bounded_pool(16384, min_nr=4, max_nr=64, name="echo-rx")
+    # zero_on_free: every buffer is wiped when freed, so the next borrower,
+    # another connection maybe, never finds the bytes received into it before.
+    pool = buffer_pool(16384, min_nr=4, max_nr=64, zero_on_free=True, name="echo-rx")
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Echo(pool), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -86,6 +87,9 @@ async def main() -> None:
     s = pool.stats()
     assert echoed == payload
     assert s.outstanding == 0
+    reused = pool.alloc_nowait()  # a buffer the echo read into: wiped
+    assert reused is not None and not any(reused)
+    pool.free(reused)
     print(
         f"echoed {len(echoed):,} bytes in {s.allocs} reads into pooled buffers; "
         f"{s.outstanding} outstanding"

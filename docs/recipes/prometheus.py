@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 
 from prometheus_client import CollectorRegistry, generate_latest
-from sizing import bounded_pool
 
+from aiomempool import buffer_pool
 from aiomempool.metrics import MempoolCollector
 
 
 async def main() -> None:
-    rx = bounded_pool(16384, min_nr=4, max_nr=64, name="rx")
-    tx = bounded_pool(16384, min_nr=2, max_nr=16, name="tx")
+    rx = buffer_pool(16384, min_nr=4, max_nr=64, name="rx")
+    tx = buffer_pool(16384, min_nr=2, max_nr=16, name="tx")
     registry = CollectorRegistry()  # or prometheus_client.REGISTRY
     registry.register(MempoolCollector())  # every live named pool
 

@@ -1,55 +1,24 @@
 """A pool of fixed-size buffers with a memory budget: min_nr and max_nr.
 
-The backing allocator makes at most ``max_nr`` buffers; the pool keeps
-``min_nr`` of them in reserve. At ``max_nr`` buffers out, ``alloc()`` waits in
-line and ``alloc_nowait()`` returns None: memory stays at ``max_nr * size``.
+``buffer_pool(size, min_nr=..., max_nr=...)`` keeps ``min_nr`` buffers in
+reserve and makes at most ``max_nr`` for ordinary callers, plus a small
+headroom that only ``GFP_ATOMIC`` callers may use. At ``max_nr`` buffers out,
+``alloc()`` waits in line and ``alloc_nowait()`` returns None: memory stays
+within ``(max_nr + headroom) * size``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from aiomempool import GFP, Mempool
-
-
-class BoundedBuffers:
-    """alloc_fn and free_fn of ``size``-byte buffers, at most ``max_nr`` alive.
-
-    A buffer counts from the moment alloc_fn makes it until free_fn takes it
-    back, whether it sits in the reserve or is handed out.
-    """
-
-    def __init__(self, size: int, max_nr: int) -> None:
-        self.size = size
-        self.max_nr = max_nr
-        self.alive = 0
-
-    def alloc(self, gfp_mask: GFP, pool_data: Any) -> memoryview | None:
-        if self.alive >= self.max_nr:
-            return None  # the pool falls back on its reserve, then waits
-        self.alive += 1
-        # A memoryview, not the bytearray: asyncio's TLS transport reads into
-        # a copy of a bytearray returned by get_buffer(), losing the data.
-        return memoryview(bytearray(self.size))
-
-    def free(self, buf: memoryview, pool_data: Any) -> None:
-        self.alive -= 1
-
-
-def bounded_pool(
-    size: int, *, min_nr: int, max_nr: int, name: str | None = None
-) -> Mempool[memoryview]:
-    """A Mempool of ``size``-byte buffers: ``min_nr`` reserved, ``max_nr`` at most."""
-    if not 1 <= min_nr <= max_nr:
-        raise ValueError(f"need 1 <= min_nr <= max_nr, got {min_nr} and {max_nr}")
-    allocator = BoundedBuffers(size, max_nr)
-    return Mempool(min_nr, allocator.alloc, allocator.free, name=name)
+from aiomempool import GFP, GFP_ATOMIC, buffer_pool
 
 
 async def main() -> None:
-    pool = bounded_pool(4096, min_nr=2, max_nr=4, name="sizing")
+    # max_nr=4: the headroom is max(1, 4 // 16) = 1 buffer, for GFP_ATOMIC.
+    pool = buffer_pool(4096, min_nr=2, max_nr=4, name="sizing")
     held = [await pool.alloc() for _ in range(4)]  # the whole budget
+    assert all(isinstance(buf, memoryview) for buf in held)
     assert pool.curr_nr == 0  # two from the allocator, then the reserve's two
     assert pool.alloc_nowait(GFP.NOWARN) is None  # nothing without waiting
 
@@ -59,6 +28,11 @@ async def main() -> None:
     pool.free(held.pop())  # straight to the waiter: nobody can take it first
     held.append(await waiter)
 
+    urgent = pool.alloc_nowait(GFP_ATOMIC)  # the headroom: one buffer more
+    assert urgent is not None
+    assert pool.alloc_nowait(GFP_ATOMIC | GFP.NOWARN) is None  # and no further
+    held.append(urgent)
+
     for buf in held:
         pool.free(buf)  # the first two refill the reserve, the rest go back
     s = pool.stats()
@@ -66,7 +40,8 @@ async def main() -> None:
         f"{s.allocs} allocations, {s.waits} wait, {s.outstanding} outstanding, "
         f"reserve {s.curr_nr}/{s.min_nr}"
     )
-    assert (s.allocs, s.waits, s.outstanding, s.curr_nr) == (5, 1, 0, 2)
+    assert (s.allocs, s.waits, s.outstanding, s.curr_nr) == (6, 1, 0, 2)
+    pool.close()
 
 
 if __name__ == "__main__":

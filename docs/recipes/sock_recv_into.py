@@ -13,9 +13,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from sizing import bounded_pool
-
-from aiomempool import Mempool
+from aiomempool import Mempool, buffer_pool
 
 
 async def receive_all(
@@ -36,7 +34,7 @@ async def receive_all(
 
 
 async def main() -> None:
-    pool = bounded_pool(65536, min_nr=2, max_nr=8, name="recv")
+    pool = buffer_pool(65536, min_nr=2, max_nr=8, name="recv")
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     payload = os.urandom(3 << 20)
