@@ -553,7 +553,8 @@ class Mempool(Reserve[T]):
         Raises on entry what ``alloc()`` raises, and ``PoolExhaustedError``
         (a ``MemoryError``) when a non-waiting mask finds nothing.
         """
-        decode_mask(gfp_mask)
+        if gfp_mask is not GFP_KERNEL:
+            decode_mask(gfp_mask)  # refuse a bad mask now, not on entry
         if timeout is not None:
             check_timeout(timeout)
         return ElementContext(self, gfp_mask, timeout)
