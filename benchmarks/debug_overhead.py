@@ -1,5 +1,5 @@
-"""What debug mode and the sampled leak detector cost: ``python -m
-benchmarks.debug_overhead``.
+"""What debug mode, the sampled leak detector and ``zero_on_free`` cost:
+``python -m benchmarks.debug_overhead``.
 
 One cycle is ``alloc_nowait()`` then ``free()`` of a 64 KiB buffer of a
 ``buffer_pool`` in its steady state. Every case runs once per repeat, in an
@@ -24,6 +24,7 @@ SIZE = 64 * 1024
 #: name -> options of buffer_pool; the first is the baseline.
 CASES: dict[str, dict[str, Any]] = {
     "plain": {},
+    "zero_on_free=True": {"zero_on_free": True},
     "leak_sampling=128": {"leak_sampling": 128},
     "leak_sampling=1": {"leak_sampling": 1},
     "debug=True": {"debug": True},
