@@ -19,6 +19,7 @@ from .errors import (
 from .gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from .mempool import Mempool
 from .pools import buffer_pool
+from .protocol import PooledBufferedProtocol
 from .slab import SlabCache
 from .stats import WAIT_BUCKETS, MempoolStats, SlabStats, named_pools
 
@@ -40,6 +41,7 @@ __all__ = [
     "Outstanding",
     "PoolClosedError",
     "PoolExhaustedError",
+    "PooledBufferedProtocol",
     "SlabCache",
     "SlabStats",
     "buffer_pool",

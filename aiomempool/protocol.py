@@ -1,0 +1,279 @@
+"""A ``BufferedProtocol`` that reads into buffers borrowed from a pool.
+
+Each read lands in a buffer of the pool, handed to the user's
+``view_received()`` and given back as soon as that returns, unless the user
+keeps it for an incomplete frame. When the pool runs dry, the connection is
+not dropped: it stops reading and queues for a buffer, first come first
+served across connections (the pool's waiters are FIFO).
+
+How the transports call us, which the design leans on:
+
+* ``get_buffer()`` may be called without ``buffer_updated()`` following:
+  the selector transport on EAGAIN or EOF, uvloop when libuv reads nothing,
+  the TLS transport whenever a record is incomplete. So the buffer stays in
+  ``_buf`` and the next ``get_buffer()`` hands out the same space again.
+* asyncio's selector transport, uvloop and both TLS transports call
+  ``get_buffer()`` only while reading is not paused; reading is paused from
+  ``buffer_updated()``, never from ``get_buffer()`` (libuv calls the read
+  callback right after the allocation callback that would have stopped it).
+* uvloop exports the result of ``get_buffer()`` until ``buffer_updated()``
+  returns: a buffer freed in there is fine for the pool; in debug mode the
+  pool quarantines the exported view and takes it back once it is released.
+
+Ownership, kept by every method below: a buffer of the pool is held by
+exactly one of ``_buf`` (lent to the transport between ``get_buffer()`` and
+``buffer_updated()``, to the user during ``view_received()``, kept by the
+user after ``keep_buffer()``), ``_full`` (kept buffers with no room left) or
+the waiter task (from ``pool.alloc()`` returning to its storing the buffer
+in ``_buf``, with no await in between). ``connection_lost()`` gives back all
+of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import suppress
+from typing import cast
+
+from .gfp import GFP, GFP_ATOMIC
+from .mempool import Mempool
+
+__all__ = ["PooledBufferedProtocol"]
+
+#: Bytes of the per-protocol fallback buffer, read into when the pool is dry.
+FALLBACK_SIZE = 256
+#: get_buffer()'s mask: the headroom, and no warning for a dry pool, which
+#: the protocol handles by waiting (the kernel's callers with a fallback
+#: pass __GFP_NOWARN too).
+ATOMIC_NOWARN = GFP_ATOMIC | GFP.NOWARN
+
+
+class PooledBufferedProtocol(asyncio.BufferedProtocol):
+    """An ``asyncio.BufferedProtocol`` whose reads borrow ``pool``'s buffers.
+
+    Subclass it and override ``view_received(view)``; ``pool`` is a pool of
+    writable memoryviews, ``buffer_pool(size, ...)``'s. Overrides of
+    ``connection_made()`` and ``connection_lost()`` must call ``super()``.
+
+    ``get_buffer()`` borrows with ``pool.alloc_nowait(GFP_ATOMIC)`` (and
+    ``GFP.NOWARN``: a dry pool is handled, not an error): it never awaits,
+    as the callback demands, and returns a memoryview, never a bytearray
+    (asyncio's TLS transport loses data read into a bytearray).
+    The transport's ``sizehint`` is ignored: it is not a minimum (-1 on
+    selector loops, 65536 on uvloop, anything down to 0 over TLS); every
+    read gets the room left in a buffer of the pool's size.
+
+    When the pool is dry, the few bytes already on their way are read into
+    a small fallback buffer of the protocol's (copied into a pool buffer
+    before the user sees them), reading is paused, and a task waits in
+    ``await pool.alloc()``; once it has a buffer, it delivers those bytes
+    and resumes reading. Nothing is dropped, and connections get buffers in
+    the order they ran out.
+
+    Example::
+
+        class Echo(PooledBufferedProtocol):
+            def view_received(self, view: memoryview) -> None:
+                self.transport.write(bytes(view))
+
+        pool = buffer_pool(65536, min_nr=16, max_nr=1024)
+        server = await loop.create_server(lambda: Echo(pool), "127.0.0.1", 0)
+    """
+
+    #: Set by ``connection_made()``.
+    transport: asyncio.Transport
+
+    def __init__(self, pool: Mempool[memoryview]) -> None:
+        if not isinstance(pool, Mempool):
+            raise TypeError(f"pool must be a Mempool, not {type(pool).__name__}")
+        self.pool = pool
+        self._buf: memoryview | None = None  # the buffer reads go into
+        self._fill = 0  # kept bytes at the start of _buf
+        self._full: list[memoryview] = []  # kept, no room left in them
+        self._keep: int | None = None  # set by keep_buffer() in view_received()
+        self._end: int | None = None  # len(view) during view_received()
+        self._fallback: memoryview | None = None
+        self._pending = bytearray()  # read into the fallback, not yet delivered
+        self._waiter: asyncio.Task[None] | None = None
+        self._lost = False
+
+    def __repr__(self) -> str:
+        buf = self._buf
+        state = f" kept={self._fill}/{len(buf)}" if buf is not None else ""
+        state += f" full={len(self._full)}" if self._full else ""
+        state += f" waiting pending={len(self._pending)}" if self._waiter else ""
+        return f"<{type(self).__name__}{state}{' lost' if self._lost else ''}>"
+
+    # -- what the user overrides and calls ---------------------------------
+
+    def view_received(self, view: memoryview) -> None:
+        """Called with the bytes received, in a buffer lent by the pool.
+
+        ``view`` holds the bytes kept by the last ``keep_buffer()`` if any,
+        followed by those just received. It is valid only until this method
+        returns (it is released then, and the buffer goes back to the pool),
+        unless ``keep_buffer()`` was called. Must not await: it is called
+        from ``buffer_updated()``, or from the task that waited for a buffer.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} must override view_received(view)"
+        )
+
+    def keep_buffer(self, start: int = 0) -> None:
+        """Keep ``view[start:]`` of the current ``view_received()`` call:
+        an incomplete frame, to be completed by the next reads.
+
+        Call it from ``view_received()`` only. The kept bytes are moved to
+        the start of the buffer (a copy only if ``start > 0``) and come
+        first in the next ``view_received()`` view; reads go on into the
+        room left after them. A buffer kept full has no room left: it stays
+        with you, reads go into a new buffer and the next view starts
+        afresh; give it back with ``release_kept()``.
+
+        Raises:
+            RuntimeError: called outside ``view_received()``.
+            ValueError: ``start`` is not within the view.
+        """
+        end = self._end
+        if end is None:
+            raise RuntimeError("keep_buffer() must be called from view_received()")
+        if type(start) is not int or not 0 <= start <= end:
+            raise ValueError(f"start must be an int from 0 to {end}, got {start!r}")
+        self._keep = start
+
+    def release_kept(self) -> None:
+        """Give back every buffer kept by ``keep_buffer()``; the kept bytes
+        are dropped. In ``view_received()``, it undoes ``keep_buffer()``
+        too. Never awaits."""
+        self._keep = None
+        full, self._full = self._full, []
+        for buf in full:
+            self.pool.free(buf)
+        if self._end is None:
+            self._drop_buf()
+
+    # -- asyncio.BufferedProtocol -------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the transport."""
+        self.transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """The room left in this connection's buffer; ``sizehint`` ignored."""
+        buf = self._buf
+        if buf is None:
+            # No barging: while this connection waits, it reads no more.
+            if self._waiter is None:
+                buf = self.pool.alloc_nowait(ATOMIC_NOWARN)
+            if buf is None:
+                # Reading is paused from buffer_updated(), where these bytes
+                # land: the transports read no more until resume_reading().
+                if self._fallback is None:
+                    self._fallback = memoryview(bytearray(FALLBACK_SIZE))
+                return self._fallback
+            self._buf = buf
+        fill = self._fill
+        return buf[fill:] if fill else buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Hand the bytes read to ``view_received()``, or if they are in the
+        fallback buffer, save them and queue for a pool buffer."""
+        if self._buf is not None:
+            self._deliver(nbytes)
+            return
+        assert self._fallback is not None  # get_buffer() returned it
+        self._pending += self._fallback[:nbytes]
+        if self._waiter is None and not self._lost:
+            self.transport.pause_reading()
+            self._waiter = asyncio.get_running_loop().create_task(self._wait())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Give back every buffer held; cancel the wait for one."""
+        self._lost = True
+        self._pending.clear()
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            # Cancelled in pool.alloc(), it gives back what it was handed;
+            # done with alloc(), it stored its buffer in _buf, freed below.
+            waiter.cancel()
+        self._keep = None
+        full, self._full = self._full, []
+        for buf in full:
+            self.pool.free(buf)
+        self._drop_buf()
+
+    # -- internals ------------------------------------------------------------
+
+    def _deliver(self, nbytes: int) -> None:
+        """``view_received()`` of the kept and new bytes of ``_buf``; then
+        the buffer goes back to the pool unless the user kept it."""
+        buf = self._buf
+        assert buf is not None
+        end = self._fill + nbytes
+        view = buf[:end]
+        self._keep = None
+        self._end = end
+        try:
+            self.view_received(view)
+        finally:
+            self._end = None
+            keep, self._keep = self._keep, None
+            if keep is None or keep >= end:
+                # The user's view dies first, so that debug mode can take the
+                # buffer back now unless the user exported it.
+                with suppress(BufferError):
+                    view.release()
+                self._drop_buf()
+            elif keep == 0 and end == len(buf):
+                # Kept full: it stays the user's, reads go on elsewhere.
+                self._full.append(buf)
+                self._buf = None
+                self._fill = 0
+            else:
+                if keep:
+                    buf[: end - keep] = buf[keep:end]  # memmove, overlap-safe
+                self._fill = end - keep
+
+    def _drop_buf(self) -> None:
+        """Give ``_buf`` back to the pool, if any."""
+        buf, self._buf = self._buf, None
+        self._fill = 0
+        if buf is not None:
+            self.pool.free(buf)
+
+    async def _wait(self) -> None:
+        """Wait in line for a buffer, deliver the pending bytes, resume."""
+        pending = self._pending
+        try:
+            while pending:
+                if self._buf is None:
+                    buf = await self.pool.alloc()
+                    # No await from here to _buf: cancellation cannot
+                    # separate the buffer from the protocol.
+                    assert buf is not None  # GFP_KERNEL waits
+                    self._buf = buf
+                    self._fill = 0
+                    if self._lost:  # lost before the task could be cancelled
+                        self._drop_buf()
+                        return
+                buf = self._buf
+                n = min(len(buf) - self._fill, len(pending))  # room > 0
+                buf[self._fill : self._fill + n] = pending[:n]
+                del pending[:n]
+                self._deliver(n)
+        except Exception as exc:
+            # As a failure in buffer_updated() would: the connection ends.
+            asyncio.get_running_loop().call_exception_handler(
+                {
+                    "message": "PooledBufferedProtocol: delivering failed",
+                    "exception": exc,
+                    "protocol": self,
+                }
+            )
+            self.transport.abort()
+            return
+        finally:
+            if self._waiter is asyncio.current_task():
+                self._waiter = None
+        if not self._lost and not self.transport.is_closing():
+            self.transport.resume_reading()

@@ -1,0 +1,148 @@
+"""PooledBufferedProtocol over TLS: byte-exact echo, every buffer back.
+
+asyncio's TLS transport reads into slices of what get_buffer() returns and
+calls it with any sizehint, 0 included; the protocol must hand it a
+memoryview (a bytearray's slices are copies: data would be lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from aiomempool import GFP_ATOMIC, Mempool, PooledBufferedProtocol, buffer_pool
+
+TIMEOUT = 10.0
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, and its key."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        _with_cryptography(cert, key)
+        return cert, key
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("TLS test needs the cryptography package or an openssl binary")
+    command = [
+        openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+        "-days", "1", "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def _with_cryptography(cert: Path, key: Path) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+class Echo(PooledBufferedProtocol):
+    def __init__(self, pool: Mempool[memoryview]) -> None:
+        super().__init__(pool)
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def view_received(self, view: memoryview) -> None:
+        self.transport.write(bytes(view))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+@pytest.mark.asyncio
+async def test_echo_over_tls_is_byte_exact_and_returns_every_buffer(
+    tmp_path: Path,
+) -> None:
+    cert, key = make_certificate(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    pool = buffer_pool(4096, min_nr=2, max_nr=32)
+    made: list[Echo] = []
+
+    def factory() -> Echo:
+        made.append(Echo(pool))
+        return made[-1]
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+
+    async def client(seed: int) -> None:
+        rng = random.Random(seed)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+            ),
+            TIMEOUT,
+        )
+        try:
+            for size in (1, 100, 4095, 4096, 4097, 20_000, 100_000, 17):
+                data = rng.randbytes(size)
+                writer.write(data)
+                got = await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
+                assert got == data
+        finally:
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+
+    try:
+        await asyncio.gather(*(client(seed) for seed in range(3)))
+        await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+        for protocol in made:
+            if not protocol.lost.done():
+                protocol.transport.abort()
+    assert len(made) == 3
+    assert pool.stats().outstanding == 0
+    got = [pool.alloc_nowait(GFP_ATOMIC) for _ in range(32)]
+    assert None not in got
+    for buf in got:
+        pool.free(buf)

@@ -1,0 +1,441 @@
+"""PooledBufferedProtocol: real servers on 127.0.0.1, clients on streams."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from helpers import settle
+
+from aiomempool import GFP_ATOMIC, Mempool, PooledBufferedProtocol, buffer_pool
+
+TIMEOUT = 5.0
+
+
+class Recorder(PooledBufferedProtocol):
+    """Sets ``lost`` when the connection ends."""
+
+    def __init__(self, pool: Mempool[memoryview]) -> None:
+        super().__init__(pool)
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class Echo(Recorder):
+    def view_received(self, view: memoryview) -> None:
+        self.transport.write(bytes(view))
+
+
+class Lines(Recorder):
+    """Echoes complete lines, keeps an incomplete one; logs who got what."""
+
+    log: list[tuple[str, bytes]]
+
+    def __init__(self, pool: Mempool[memoryview], log: list[tuple[str, bytes]]):
+        super().__init__(pool)
+        self.log = log
+
+    def view_received(self, view: memoryview) -> None:
+        end = bytes(view).rfind(b"\n") + 1
+        if end:
+            lines = bytes(view[:end])
+            for line in lines.splitlines(keepends=True):
+                self.log.append((line[:1].decode(), line))
+            self.transport.write(lines)
+        if end < len(view):
+            self.keep_buffer(end)
+
+
+class Frames(Recorder):
+    """Length-prefixed frames (4 bytes, big-endian); an incomplete one is
+    kept until the rest arrives."""
+
+    def __init__(self, pool: Mempool[memoryview]) -> None:
+        super().__init__(pool)
+        self.frames: list[bytes] = []
+        self.views = 0
+
+    def view_received(self, view: memoryview) -> None:
+        self.views += 1
+        offset = 0
+        while len(view) - offset >= 4:
+            (size,) = struct.unpack_from(">I", view, offset)
+            if len(view) - offset - 4 < size:
+                break
+            self.frames.append(bytes(view[offset + 4 : offset + 4 + size]))
+            offset += 4 + size
+        if offset < len(view):
+            self.keep_buffer(offset)
+
+
+@asynccontextmanager
+async def serve(
+    factory: Callable[[], Recorder],
+) -> AsyncIterator[tuple[int, list[Recorder]]]:
+    """A server on 127.0.0.1, closed on exit; yields its port and the
+    protocols it made."""
+    made: list[Recorder] = []
+
+    def make() -> Recorder:
+        made.append(factory())
+        return made[-1]
+
+    server = await asyncio.get_running_loop().create_server(make, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], made
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+        for protocol in made:
+            if not protocol.lost.done():
+                protocol.transport.abort()
+        await asyncio.wait_for(
+            asyncio.gather(*(protocol.lost for protocol in made)), TIMEOUT
+        )
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait, bounded, until ``condition()`` holds."""
+    for _ in range(int(TIMEOUT / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met in time")
+
+
+def outstanding_is(pool: Mempool[memoryview], n: int) -> Callable[[], bool]:
+    return lambda: pool.stats().outstanding == n
+
+
+def all_back(pool: Mempool[memoryview], count: int) -> None:
+    """Nothing is out, and ``count`` buffers can be had at once: none was
+    lost, nor is still in quarantine."""
+    assert pool.stats().outstanding == 0
+    assert pool.waiters == 0
+    got = [pool.alloc_nowait(GFP_ATOMIC) for _ in range(count)]
+    assert None not in got
+    for buf in got:
+        pool.free(buf)
+    assert pool.stats().outstanding == 0
+
+
+def on_uvloop() -> bool:
+    return type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+
+
+async def echo_many(port: int, seed: int, sizes: list[int]) -> None:
+    rng = random.Random(seed)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for size in sizes:
+            data = rng.randbytes(size)
+            writer.write(data)
+            got = await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
+            assert got == data
+    finally:
+        await close(writer)
+
+
+SIZES = [1, 7, 100, 1023, 1024, 1025, 4096, 5000, 70_000, 3]
+
+
+@pytest.mark.asyncio
+async def test_echo_is_byte_exact_for_messages_smaller_and_bigger_than_a_buffer() -> (
+    None
+):
+    pool = buffer_pool(1024, min_nr=4, max_nr=64)
+    async with serve(lambda: Echo(pool)) as (port, made):
+        await asyncio.gather(*(echo_many(port, seed, SIZES) for seed in range(4)))
+        await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
+    all_back(pool, 64)
+
+
+@pytest.mark.asyncio
+async def test_keep_buffer_reassembles_frames_split_across_reads() -> None:
+    pool = buffer_pool(512, min_nr=2, max_nr=8)
+    rng = random.Random(7)
+    frames = [rng.randbytes(rng.randrange(0, 500)) for _ in range(60)]
+    stream = b"".join(struct.pack(">I", len(f)) + f for f in frames)
+    async with serve(lambda: Frames(pool)) as (port, made):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        # Odd-sized pieces with pauses: reads end mid-header and mid-frame.
+        pos = 0
+        while pos < len(stream):
+            step = rng.randrange(1, 700)
+            writer.write(stream[pos : pos + step])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+            pos += step
+        (protocol,) = made
+        assert isinstance(protocol, Frames)
+        await until(lambda: len(protocol.frames) == len(frames))
+        assert protocol.frames == frames
+        assert protocol.views > 1
+        await close(writer)
+    all_back(pool, 8)
+
+
+@pytest.mark.asyncio
+async def test_dry_pool_pauses_reading_drops_nothing_and_serves_in_order() -> None:
+    # Two buffers in all: A and B keep one each with an incomplete line.
+    pool = buffer_pool(256, min_nr=1, max_nr=2, headroom=0)
+    log: list[tuple[str, bytes]] = []
+    async with serve(lambda: Lines(pool, log)) as (port, _):
+        clients = {}
+        for name in "ABCD":
+            clients[name] = await asyncio.open_connection("127.0.0.1", port)
+        clients["A"][1].write(b"A-start")
+        await until(lambda: pool.stats().outstanding == 1)
+        clients["B"][1].write(b"B-start")
+        await until(lambda: pool.stats().outstanding == 2)
+        # The pool is dry: C, then D, pause and queue, with more than a
+        # fallback buffer's worth of lines sent each.
+        payload = {
+            name: b"".join(f"{name}{i:04}\n".encode() for i in range(300))
+            for name in "CD"
+        }
+        clients["C"][1].write(payload["C"])
+        await until(lambda: pool.waiters == 1)
+        clients["D"][1].write(payload["D"])
+        await until(lambda: pool.waiters == 2)
+        await asyncio.sleep(0.02)
+        assert [who for who, _ in log] == []  # nothing delivered meanwhile
+        # A's line ends: its buffer goes to C, the first in line.
+        clients["A"][1].write(b"-end\n")
+        for name in "CD":
+            got = await asyncio.wait_for(
+                clients[name][0].readexactly(len(payload[name])), TIMEOUT
+            )
+            assert got == payload[name]
+        clients["B"][1].write(b"-end\n")
+        for name, line in (("A", b"A-start-end\n"), ("B", b"B-start-end\n")):
+            assert await asyncio.wait_for(clients[name][0].readline(), TIMEOUT) == line
+        order = [who for who, _ in log]
+        assert order[0] == "A"
+        assert order.index("C") < order.index("D")
+        # Each connection's lines came in order, none dropped.
+        for name in "CD":
+            assert b"".join(line for who, line in log if who == name) == payload[name]
+        for _, writer in clients.values():
+            await close(writer)
+    all_back(pool, 2)
+
+
+@pytest.mark.asyncio
+async def test_abrupt_disconnects_mid_stream_leave_no_buffer_out() -> None:
+    pool = buffer_pool(256, min_nr=1, max_nr=2, headroom=0)
+    async with serve(lambda: Frames(pool)) as (port, made):
+        writers = []
+        for n in range(4):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writers.append(writer)
+            # An incomplete frame: the first two keep a buffer, the others
+            # find the pool dry and wait for one.
+            writer.write(struct.pack(">I", 200) + b"x" * 100)
+            await writer.drain()
+            await until(outstanding_is(pool, min(n + 1, 2)))
+        await until(lambda: pool.waiters == 2)
+        for writer in writers:
+            writer.transport.abort()
+        await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
+        await settle()
+        all_back(pool, 2)
+        for writer in writers:
+            await close(writer)
+    all_back(pool, 2)
+
+
+@pytest.mark.asyncio
+async def test_debug_mode_gets_every_buffer_back_after_uvloop_exports(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # On uvloop the buffer is exported while buffer_updated() frees it:
+    # debug mode quarantines it, then takes it back.
+    pool = buffer_pool(1024, min_nr=2, max_nr=16, debug=True)
+    with caplog.at_level(logging.WARNING, logger="aiomempool"):
+        async with serve(lambda: Echo(pool)) as (port, made):
+            await asyncio.gather(*(echo_many(port, s, SIZES) for s in range(3)))
+            await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
+        async with serve(lambda: Frames(pool)) as (port, made):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            frames = [bytes([n]) * (n * 37 % 1000) for n in range(40)]
+            for frame in frames:
+                writer.write(struct.pack(">I", len(frame)) + frame)
+                await writer.drain()
+            (protocol,) = made
+            assert isinstance(protocol, Frames)
+            await until(lambda: len(protocol.frames) == len(frames))
+            assert protocol.frames == frames
+            await close(writer)
+        assert pool.stats().outstanding == 0
+        await asyncio.sleep(0.25)  # a few turns and the debug recheck
+        all_back(pool, 16)
+        assert pool.outstanding() == []
+    assert not [r for r in caplog.records if r.name.startswith("aiomempool")]
+    pool.close()
+
+
+# -- the callbacks, driven by hand -----------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.closing = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def feed(protocol: PooledBufferedProtocol, data: bytes, sizehint: int = -1) -> None:
+    buf = protocol.get_buffer(sizehint)
+    assert type(buf) is memoryview
+    buf[: len(data)] = data
+    protocol.buffer_updated(len(data))
+
+
+class Keeper(PooledBufferedProtocol):
+    def __init__(self, pool: Mempool[memoryview], keep: bool = True) -> None:
+        super().__init__(pool)
+        self.got: list[bytes] = []
+        self.keep = keep
+
+    def view_received(self, view: memoryview) -> None:
+        self.got.append(bytes(view))
+        if self.keep:
+            self.keep_buffer()
+
+
+@pytest.mark.asyncio
+async def test_get_buffer_ignores_sizehint_and_reuses_space_not_read_into() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=4)
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(FakeTransport())
+    first = protocol.get_buffer(0)
+    assert len(first) == 64 and len(protocol.get_buffer(65536)) == 64
+    assert pool.stats().outstanding == 1  # no read: the same buffer again
+    feed(protocol, b"hi")
+    assert protocol.got == [b"hi"] and pool.stats().outstanding == 0
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_buffer_kept_full_stays_until_release_kept() -> None:
+    pool = buffer_pool(8, min_nr=1, max_nr=4)
+    protocol = Keeper(pool)
+    protocol.connection_made(FakeTransport())
+    feed(protocol, b"abcde")
+    feed(protocol, b"fgh")  # the kept bytes come first; the buffer is full
+    assert protocol.got == [b"abcde", b"abcdefgh"]
+    assert pool.stats().outstanding == 1
+    feed(protocol, b"ij")  # a new buffer, a fresh view
+    assert protocol.got[-1] == b"ij" and pool.stats().outstanding == 2
+    assert "full=1" in repr(protocol)
+    protocol.release_kept()
+    assert pool.stats().outstanding == 0
+    with pytest.raises(RuntimeError, match="view_received"):
+        protocol.keep_buffer()
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_keep_buffer_refuses_a_start_outside_the_view() -> None:
+    pool = buffer_pool(8, min_nr=1, max_nr=4)
+    errors: list[Exception] = []
+
+    class Bad(PooledBufferedProtocol):
+        def view_received(self, view: memoryview) -> None:
+            for start in (-1, len(view) + 1, 1.5):
+                try:
+                    self.keep_buffer(start)  # type: ignore[arg-type]
+                except ValueError as exc:
+                    errors.append(exc)
+
+    protocol = Bad(pool)
+    protocol.connection_made(FakeTransport())
+    feed(protocol, b"abc")
+    assert len(errors) == 3 and pool.stats().outstanding == 0
+    with pytest.raises(TypeError, match="pool must be a Mempool"):
+        Bad(bytearray(8))  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_connection_lost_returns_a_buffer_handed_to_the_waiter() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(transport)
+    feed(protocol, b"x" * 10)  # dry: into the fallback, then queued
+    await settle()
+    assert not transport.reading and pool.waiters == 1 and protocol.got == []
+    pool.free(held)  # handed to the waiting task, which has not run yet
+    protocol.connection_lost(None)  # cancels it: the pool takes it back
+    await settle()
+    all_back(pool, 1)
+    assert protocol.got == []
+
+
+@pytest.mark.asyncio
+async def test_waiter_delivers_the_fallback_bytes_then_resumes_reading() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(transport)
+    feed(protocol, b"hello")
+    assert "waiting pending=5" in repr(protocol)
+    pool.free(held)
+    await settle()
+    assert protocol.got == [b"hello"] and transport.reading
+    assert pool.stats().outstanding == 0
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_view_received_in_the_waiter_aborts_the_connection() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    seen: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+
+    class Broken(PooledBufferedProtocol):
+        def view_received(self, view: memoryview) -> None:
+            raise ValueError("bad frame")
+
+    protocol = Broken(pool)
+    protocol.connection_made(transport)
+    feed(protocol, b"boom")
+    pool.free(held)
+    await settle()
+    loop.set_exception_handler(None)
+    assert transport.closing and isinstance(seen[0]["exception"], ValueError)
+    protocol.connection_lost(None)
+    all_back(pool, 1)
