@@ -27,9 +27,10 @@ Invariants:
   ``task.cancel()`` whose task has not run yet to leave. So it bounds the
   live futures from above, and is exact once every woken task has run;
   ``_in_line()`` tells whether a live one is queued.
-* ``_gate == (_closed or _nparked > 0 or the reserve below min_nr)``: the
-  one test that sends the pool's hot paths to the slow ones, where closing,
-  waiting and refilling are handled (see ``Mempool._regate()``).
+* ``_gate == (_closed or _nparked > 0 or the reserve below min_nr or debug
+  mode)``: the one test that sends the pool's hot paths to the slow ones,
+  where closing, waiting, refilling and debugging are handled (see
+  ``Mempool._regate()``).
 * No new caller takes anything while a live future is queued: nobody
   barges.
 """

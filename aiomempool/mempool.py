@@ -461,8 +461,8 @@ class Mempool(Reserve[T]):
 
     def _regate(self) -> None:
         """Recompute ``_gate``: False only in the steady state, where the
-        hot paths run: open, nobody parked, the reserve full. Called
-        wherever one of the three may have changed."""
+        hot paths run: open, nobody parked, the reserve full, no debug
+        mode. Called wherever one of these may have changed."""
         self._gate = (
             self._closed
             or self._nparked > 0
