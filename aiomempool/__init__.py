@@ -21,6 +21,7 @@ from .mempool import Mempool
 from .pools import buffer_pool
 from .protocol import PooledBufferedProtocol
 from .slab import SlabCache
+from .sockets import PooledWriter, RecvInto, recv_into
 from .stats import WAIT_BUCKETS, MempoolStats, SlabStats, named_pools
 
 __all__ = [
@@ -42,10 +43,13 @@ __all__ = [
     "PoolClosedError",
     "PoolExhaustedError",
     "PooledBufferedProtocol",
+    "PooledWriter",
+    "RecvInto",
     "SlabCache",
     "SlabStats",
     "buffer_pool",
     "named_pools",
+    "recv_into",
 ]
 
 __version__ = "0.1.0"
