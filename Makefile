@@ -28,7 +28,10 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 ## test: every test, on the default python3, asyncio and uvloop
+# The example servers' tests drive them with redis-cli and redis-benchmark
+# (Debian's redis-tools), installed here when missing.
 test: $(STAMP)
+	command -v redis-benchmark >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools; }
 	$(BIN)/python -m pytest
 
 ## lint: ruff and mypy --strict

@@ -1,0 +1,115 @@
+"""An echo server whose reads borrow buffers from a pool.
+
+Every read lands in a buffer of a ``buffer_pool`` and goes back to the pool
+as soon as it is echoed. On SIGINT or SIGTERM it prints the pool's stats
+and shuts down: every buffer is back by then (``outstanding=0``).
+
+    python examples/echo_server.py [--port 7000] [--uvloop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from aiomempool import Mempool, PooledBufferedProtocol, buffer_pool
+
+
+class Echo(PooledBufferedProtocol):
+    """Writes back every byte it receives."""
+
+    def __init__(self, pool: Mempool[memoryview], conns: set[Echo]) -> None:
+        super().__init__(pool)
+        self.conns = conns
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.conns.add(self)
+
+    def view_received(self, view: memoryview) -> None:
+        # A copy: transport.write() may keep what it is given until it is
+        # sent (Python 3.12+, uvloop), and the buffer goes back right away.
+        self.transport.write(bytes(view))
+
+    # A client that does not read its echo stops us reading from it.
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # gives the buffers back
+        self.conns.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+def stats_line(pool: Mempool[memoryview]) -> str:
+    """The pool's stats on one line."""
+    s = pool.stats()
+    return (
+        f"stats: allocs={s.allocs} frees={s.frees} outstanding={s.outstanding} "
+        f"curr_nr={s.curr_nr} min_nr={s.min_nr} reserve_hits={s.reserve_hits} "
+        f"waits={s.waits} max_wait_ms={s.max_wait_s * 1e3:.1f}"
+    )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    pool = buffer_pool(
+        args.buffer_size, min_nr=args.min_nr, max_nr=args.max_nr, name="echo"
+    )
+    conns: set[Echo] = set()
+    try:
+        server = await loop.create_server(
+            lambda: Echo(pool, conns), args.host, args.port
+        )
+        host, port = server.sockets[0].getsockname()[:2]
+        print(f"listening on {host}:{port}", flush=True)
+
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+        server.close()
+        # Python 3.12+ waits here for the connections too: close them first.
+        lost = [conn.lost for conn in conns]
+        for conn in list(conns):
+            conn.transport.abort()
+        await asyncio.wait_for(asyncio.gather(*lost), timeout=5)
+        await server.wait_closed()
+        print(stats_line(pool), flush=True)
+    finally:
+        pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="default: 0, any free port")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument(
+        "--buffer-size", type=int, default=65536, help="bytes per buffer"
+    )
+    parser.add_argument(
+        "--min-nr", type=int, default=16, help="buffers kept in reserve"
+    )
+    parser.add_argument(
+        "--max-nr", type=int, default=1024, help="most buffers in use at once"
+    )
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(args))
+    else:
+        asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""A small Redis-protocol (RESP2) server that parses in place in pooled buffers.
+
+PING, ECHO, SET, GET, DEL, INCR and CONFIG GET (enough for ``redis-cli``
+and ``redis-benchmark -t ping,set,get``), pipelined or not. Commands are
+parsed straight from the pool's buffer by slicing memoryviews; only the
+keys and values it stores are copied. A command cut by the end of a read
+is kept at the start of the buffer (``keep_buffer()``) and completed by the
+next reads; one larger than a buffer is gathered in a bytearray instead.
+On SIGINT or SIGTERM it prints the pool's stats and shuts down.
+
+    python examples/resp_server.py [--port 6379] [--uvloop]
+    redis-benchmark -p PORT -t ping,set,get -q
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+from collections.abc import Callable
+
+from aiomempool import Mempool, PooledBufferedProtocol, buffer_pool
+
+# "*3\r\n" (an array of 3) or "$5\r\n" (a bulk string of 5 bytes).
+LENGTH = re.compile(rb"([*$])(\d{1,10})\r\n")
+# What a cut LENGTH may look like at the end of a read.
+LENGTH_PREFIX = re.compile(rb"[*$]\d{0,10}\r?")
+CRLF = re.compile(rb"\r\n")
+MAX_BULK = 512 * 1024 * 1024  # Redis's proto-max-bulk-len
+MAX_ARGS = 1024 * 1024
+MAX_INLINE = 64 * 1024
+
+OK = b"+OK\r\n"
+NIL = b"$-1\r\n"
+# What redis-benchmark asks for first: no snapshots, no append-only file.
+CONFIG = {b"save": b"", b"appendonly": b"no"}
+
+
+class ProtocolError(Exception):
+    """The client sent something that is not RESP."""
+
+
+def bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def parse_length(view: memoryview, pos: int, marker: bytes) -> tuple[int, int] | None:
+    """The length of the ``marker`` header at ``pos`` and where it ends,
+    or None if the read ends in it."""
+    m = LENGTH.match(view, pos)
+    if m is not None:
+        if m.group(1) != marker:
+            raise ProtocolError(f"expected '{marker.decode()}', got {m.group(1)!r}")
+        return int(m.group(2)), m.end()
+    if view[pos : pos + 1] == marker and LENGTH_PREFIX.fullmatch(view, pos):
+        return None
+    raise ProtocolError(f"expected '{marker.decode()}' and a length")
+
+
+def parse_command(view: memoryview, pos: int) -> tuple[list[memoryview], int] | None:
+    """The command at ``pos`` (slices of ``view``) and where it ends, or
+    None if it is incomplete."""
+    if view[pos] != 0x2A:  # not "*": an inline command, "PING\r\n"
+        m = CRLF.search(view, pos, pos + MAX_INLINE)
+        if m is None:
+            if len(view) - pos >= MAX_INLINE:
+                raise ProtocolError("inline command too long")
+            return None
+        return [memoryview(arg) for arg in bytes(view[pos : m.start()]).split()], (
+            m.end()
+        )
+    header = parse_length(view, pos, b"*")
+    if header is None:
+        return None
+    nargs, pos = header
+    if nargs > MAX_ARGS:
+        raise ProtocolError("too many arguments")
+    args = []
+    end = len(view)
+    for _ in range(nargs):
+        if pos >= end:
+            return None
+        header = parse_length(view, pos, b"$")
+        if header is None:
+            return None
+        size, start = header
+        if size > MAX_BULK:
+            raise ProtocolError("bulk string too long")
+        pos = start + size + 2
+        if pos > end:
+            return None
+        if CRLF.match(view, pos - 2) is None:
+            raise ProtocolError("bulk string not followed by CRLF")
+        args.append(view[start : start + size])
+    return args, pos
+
+
+class Store:
+    """The keys and values, and the commands on them."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.commands: dict[bytes, Callable[[list[memoryview]], bytes]] = {
+            b"PING": self.ping,
+            b"ECHO": self.echo,
+            b"SET": self.set,
+            b"GET": self.get,
+            b"DEL": self.delete,
+            b"INCR": self.incr,
+            b"CONFIG": self.config,
+        }
+
+    def execute(self, args: list[memoryview]) -> bytes:
+        name = bytes(args[0]).upper()
+        command = self.commands.get(name)
+        if command is None:
+            return b"-ERR unknown command '%s'\r\n" % name.lower()[:128]
+        try:
+            return command(args)
+        except IndexError:
+            return b"-ERR wrong number of arguments for '%s' command\r\n" % (
+                name.lower()
+            )
+
+    def ping(self, args: list[memoryview]) -> bytes:
+        return bulk(bytes(args[1])) if len(args) > 1 else b"+PONG\r\n"
+
+    def echo(self, args: list[memoryview]) -> bytes:
+        return bulk(bytes(args[1]))
+
+    def set(self, args: list[memoryview]) -> bytes:
+        if len(args) != 3:
+            raise IndexError
+        self.data[bytes(args[1])] = bytes(args[2])
+        return OK
+
+    def get(self, args: list[memoryview]) -> bytes:
+        value = self.data.get(bytes(args[1]))
+        return NIL if value is None else bulk(value)
+
+    def delete(self, args: list[memoryview]) -> bytes:
+        if len(args) < 2:
+            raise IndexError
+        data = self.data
+        return b":%d\r\n" % sum(
+            data.pop(bytes(key), None) is not None for key in args[1:]
+        )
+
+    def incr(self, args: list[memoryview]) -> bytes:
+        key = bytes(args[1])
+        try:
+            value = int(self.data.get(key, b"0")) + 1
+        except ValueError:
+            return b"-ERR value is not an integer or out of range\r\n"
+        if not -(2**63) <= value < 2**63:
+            return b"-ERR increment or decrement would overflow\r\n"
+        self.data[key] = b"%d" % value
+        return b":%d\r\n" % value
+
+    def config(self, args: list[memoryview]) -> bytes:
+        if bytes(args[1]).upper() != b"GET" or len(args) != 3:
+            return b"-ERR only CONFIG GET parameter is supported\r\n"
+        name = bytes(args[2]).lower()
+        value = CONFIG.get(name)
+        if value is None:
+            return b"*0\r\n"
+        return b"*2\r\n" + bulk(name) + bulk(value)
+
+
+class RespProtocol(PooledBufferedProtocol):
+    """One client connection: parses its commands, writes the replies."""
+
+    def __init__(
+        self,
+        pool: Mempool[memoryview],
+        store: Store,
+        buffer_size: int,
+        conns: set[RespProtocol],
+    ) -> None:
+        super().__init__(pool)
+        self.store = store
+        self.buffer_size = buffer_size
+        self.conns = conns
+        self.lost = asyncio.get_running_loop().create_future()
+        # A command larger than a buffer, gathered here; None otherwise.
+        self.big: bytearray | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.conns.add(self)
+
+    def view_received(self, view: memoryview) -> None:
+        if self.transport.is_closing():
+            return
+        big = self.big
+        if big is None:
+            pos = self.execute(view)
+            if pos < 0 or pos == len(view):
+                return
+            if pos or len(view) < self.buffer_size:
+                self.keep_buffer(pos)  # a cut command: the next read ends it
+            else:
+                self.big = bytearray(view)  # larger than a buffer
+            return
+        big += view
+        with memoryview(big) as whole:
+            pos = self.execute(whole)
+        if pos == len(big):
+            self.big = None  # back to parsing in the pool's buffers
+        elif pos > 0:
+            del big[:pos]
+
+    def execute(self, view: memoryview) -> int:
+        """Run the complete commands of ``view`` and write their replies;
+        return where the first incomplete one starts, or -1 if the client
+        broke the protocol (the connection is closing then)."""
+        replies = []
+        pos = 0
+        end = len(view)
+        execute = self.store.execute
+        try:
+            while pos < end:
+                parsed = parse_command(view, pos)
+                if parsed is None:
+                    break
+                args, pos = parsed
+                if args:
+                    replies.append(execute(args))
+        except ProtocolError as exc:
+            replies.append(b"-ERR Protocol error: %s\r\n" % str(exc).encode())
+            pos = -1
+        if replies:
+            self.transport.write(b"".join(replies))
+        if pos < 0:
+            self.transport.close()
+        return pos
+
+    # A client that does not read its replies stops us reading from it.
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # gives the buffers back
+        self.big = None
+        self.conns.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+def stats_line(pool: Mempool[memoryview]) -> str:
+    """The pool's stats on one line."""
+    s = pool.stats()
+    return (
+        f"stats: allocs={s.allocs} frees={s.frees} outstanding={s.outstanding} "
+        f"curr_nr={s.curr_nr} min_nr={s.min_nr} reserve_hits={s.reserve_hits} "
+        f"waits={s.waits} max_wait_ms={s.max_wait_s * 1e3:.1f}"
+    )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    pool = buffer_pool(
+        args.buffer_size, min_nr=args.min_nr, max_nr=args.max_nr, name="resp"
+    )
+    store = Store()
+    conns: set[RespProtocol] = set()
+    try:
+        server = await loop.create_server(
+            lambda: RespProtocol(pool, store, args.buffer_size, conns),
+            args.host,
+            args.port,
+        )
+        host, port = server.sockets[0].getsockname()[:2]
+        print(f"listening on {host}:{port}", flush=True)
+
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+        server.close()
+        # Python 3.12+ waits here for the connections too: close them first.
+        lost = [conn.lost for conn in conns]
+        for conn in list(conns):
+            conn.transport.abort()
+        await asyncio.wait_for(asyncio.gather(*lost), timeout=5)
+        await server.wait_closed()
+        print(stats_line(pool), flush=True)
+    finally:
+        pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="default: 0, any free port")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument(
+        "--buffer-size", type=int, default=65536, help="bytes per buffer"
+    )
+    parser.add_argument(
+        "--min-nr", type=int, default=16, help="buffers kept in reserve"
+    )
+    parser.add_argument(
+        "--max-nr", type=int, default=1024, help="most buffers in use at once"
+    )
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(args))
+    else:
+        asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
