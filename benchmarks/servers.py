@@ -1,0 +1,512 @@
+"""The server benchmark (run on demand: ``python -m benchmarks --servers``,
+or alone: ``python -m benchmarks.servers [--quick]``).
+
+``redis-benchmark -t ping,set,get -c 50 -q`` drives, each started afresh
+per run on 127.0.0.1:
+
+* ``examples/resp_server.py``, the pooled server, on asyncio and uvloop;
+* ``benchmarks/resp_streams.py``, the same commands written the ordinary
+  way with asyncio streams, on asyncio and uvloop;
+* a real ``redis-server`` where one is installed (``--save "" --appendonly
+  no``), or "not installed".
+
+Three runs: plain, pipelined (``-P 16``) and with 16 KiB values (``-d
+16384``). Then a burst: 2,000 connections each send a 64 KiB SET at the same
+moment and wait for their ``+OK``, against the pooled server with a bounded
+pool (``--buffer-size 65536 --max-nr 64``) and the streams baseline. For
+each server, its peak RSS (``VmHWM`` from ``/proc/PID/status``, read before
+it is stopped). Every SET of the burst is on one key, so that what is
+measured is what the server holds while reading, not what it stores.
+
+``run(quick)`` prints the table and returns its figures (JSON-able), as
+``benchmarks/suite.py`` expects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import importlib.util
+import io
+import os
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESP_SERVER = ROOT / "examples" / "resp_server.py"
+STREAMS_MODULE = "benchmarks.resp_streams"
+HOST = "127.0.0.1"
+TESTS = ("ping", "set", "get")
+# redis-benchmark's names for them; "-t ping" runs PING_INLINE and PING_MBULK,
+# and the table shows PING_MBULK (a RESP array, like SET and GET).
+CSV_NAMES = {"PING_MBULK": "ping", "SET": "set", "GET": "get"}
+CLIENTS = 50
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+BENCH_TIMEOUT = 120.0
+# A burst takes about a second; more means the server is stuck.
+BURST_TIMEOUT = {False: 20.0, True: 8.0}  # by quick
+BURST_CONNECTIONS = 2000
+BURST_SIZE = 64 * 1024
+BURST_POOL = ["--buffer-size", "65536", "--min-nr", "16", "--max-nr", "64"]
+NOT_INSTALLED = "not installed"
+
+
+@dataclass(frozen=True)
+class Run:
+    key: str
+    label: str
+    args: tuple[str, ...]
+    full_n: int
+    quick_n: int
+
+
+RUNS = (
+    Run("plain", "-c 50", (), 60_000, 4_000),
+    Run("pipelined", "-c 50 -P 16", ("-P", "16"), 300_000, 20_000),
+    Run("values_16k", "-c 50 -d 16384", ("-d", "16384"), 40_000, 3_000),
+)
+
+
+@dataclass(frozen=True)
+class Server:
+    key: str
+    label: str
+    argv: tuple[str, ...]
+    # None if it can run here, else why not ("not installed").
+    missing: str | None = None
+    python: bool = True
+
+
+@dataclass
+class Row:
+    run: str
+    server: str
+    rps: dict[str, float] = field(default_factory=dict)
+    peak_rss: int | None = None  # bytes
+    seconds: float | None = None
+    note: str = ""
+
+
+def servers() -> list[Server]:
+    """Every server, in the order of the table."""
+    py = sys.executable
+    no_uvloop = None if importlib.util.find_spec("uvloop") else "uvloop not installed"
+    redis = shutil.which("redis-server")
+    return [
+        Server("pooled_asyncio", "pooled (asyncio)", (py, str(RESP_SERVER))),
+        Server(
+            "pooled_uvloop",
+            "pooled (uvloop)",
+            (py, str(RESP_SERVER), "--uvloop"),
+            no_uvloop,
+        ),
+        Server("streams_asyncio", "streams (asyncio)", (py, "-m", STREAMS_MODULE)),
+        Server(
+            "streams_uvloop",
+            "streams (uvloop)",
+            (py, "-m", STREAMS_MODULE, "--uvloop"),
+            no_uvloop,
+        ),
+        Server(
+            "redis",
+            "redis-server",
+            (redis or "redis-server",),
+            None if redis else NOT_INSTALLED,
+            python=False,
+        ),
+    ]
+
+
+# -- processes ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def peak_rss(pid: int) -> int | None:
+    """The process's peak resident set size in bytes (VmHWM), if known."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def ping(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def started(server: Server, extra: list[str]) -> Iterator[tuple[int, int]]:
+    """Start ``server`` on a free port of 127.0.0.1; yield (pid, port).
+    Stopped on exit, killed if it does not stop in time."""
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "stderr", "w+") as err:
+        if server.python:
+            argv = [*server.argv, "--port", "0", "--host", HOST, *extra]
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+        else:
+            port = free_port()
+            argv = [
+                *server.argv,
+                "--bind", HOST, "--port", str(port), "--save", "", "--appendonly",
+                "no", "--dir", tmp, "--daemonize", "no", "--protected-mode", "no",
+            ]  # fmt: skip
+            proc = subprocess.Popen(
+                argv, cwd=tmp, stdout=subprocess.DEVNULL, stderr=err, text=True
+            )
+        try:
+            if server.python:
+                assert proc.stdout is not None
+                ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT)
+                line = proc.stdout.readline() if ready else ""
+                m = re.fullmatch(r"listening on [\d.]+:(\d+)\n", line)
+                if m is None:
+                    err.seek(0)
+                    raise RuntimeError(
+                        f"{server.label} did not start: {line!r} {err.read()[-500:]}"
+                    )
+                port = int(m.group(1))
+            else:
+                deadline = time.monotonic() + START_TIMEOUT
+                while not ping(port):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        err.seek(0)
+                        raise RuntimeError(
+                            f"{server.label} did not start: {err.read()[-500:]}"
+                        )
+                    time.sleep(0.05)
+            yield proc.pid, port
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=STOP_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=STOP_TIMEOUT)
+
+
+# -- redis-benchmark ----------------------------------------------------------
+
+
+def redis_benchmark(port: int, run: Run, n: int) -> dict[str, float]:
+    argv = [
+        "redis-benchmark", "-h", HOST, "-p", str(port), "-t", ",".join(TESTS),
+        "-c", str(CLIENTS), "-n", str(n), "-q", "--csv", *run.args,
+    ]  # fmt: skip
+    out = subprocess.run(
+        argv, capture_output=True, text=True, timeout=BENCH_TIMEOUT, check=False
+    )
+    rps: dict[str, float] = {}
+    for fields in csv.reader(io.StringIO(out.stdout)):
+        if len(fields) >= 2 and fields[0] in CSV_NAMES:
+            with contextlib.suppress(ValueError):
+                rps[CSV_NAMES[fields[0]]] = float(fields[1])
+    if out.returncode != 0 or set(rps) != set(TESTS):
+        raise RuntimeError(
+            f"redis-benchmark failed ({out.returncode}): {out.stderr[-300:]}"
+        )
+    return rps
+
+
+# -- the burst ----------------------------------------------------------------
+
+
+def set_command(size: int) -> bytes:
+    """A SET of ``size`` bytes in all, on one key."""
+    value = size
+    while True:
+        cmd = b"*3\r\n$3\r\nSET\r\n$9\r\nburst:key\r\n$%d\r\n%s\r\n" % (
+            value,
+            b"x" * value,
+        )
+        if len(cmd) <= size:
+            return cmd
+        value -= len(cmd) - size
+
+
+async def burst(port: int, connections: int, command: bytes, timeout: float) -> None:
+    """Open ``connections`` connections, then send ``command`` on every one
+    at once and wait for every ``+OK``."""
+    limit = asyncio.Semaphore(64)  # the servers' listen backlog is 100
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        async with limit:
+            return await asyncio.open_connection(HOST, port)
+
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(connect() for _ in range(connections)), return_exceptions=True
+        ),
+        timeout,
+    )
+    pairs = [r for r in results if not isinstance(r, BaseException)]
+    try:
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        for _, writer in pairs:
+            writer.write(command)
+
+        async def reply(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await writer.drain()
+            line = await reader.readexactly(5)
+            if line != b"+OK\r\n":
+                raise RuntimeError(f"unexpected reply {line!r}")
+
+        await asyncio.wait_for(
+            asyncio.gather(*(reply(r, w) for r, w in pairs)), timeout
+        )
+    finally:
+        for _, writer in pairs:
+            writer.transport.abort()
+        await asyncio.sleep(0)
+
+
+def raise_nofile() -> int:
+    """Raise the soft limit on open files to the hard one; the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 65536)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- the table ----------------------------------------------------------------
+
+
+def mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def ratio_line(
+    name: str, ratios: dict[str, float] | None, target: str, ok: bool | None
+) -> dict[str, Any]:
+    return {"name": name, "ratios": ratios, "target": target, "ok": ok}
+
+
+def measure(quick: bool) -> tuple[list[Row], list[Row], dict[str, Any]]:
+    rows: list[Row] = []
+    for run in RUNS:
+        n = run.quick_n if quick else run.full_n
+        for server in servers():
+            row = Row(run.key, server.key)
+            rows.append(row)
+            if server.missing:
+                row.note = server.missing
+                continue
+            try:
+                with started(server, []) as (pid, port):
+                    started_at = time.perf_counter()
+                    row.rps = redis_benchmark(port, run, n)
+                    row.seconds = time.perf_counter() - started_at
+                    row.peak_rss = peak_rss(pid)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                row.note = f"failed: {exc}"[:200]
+
+    limit = raise_nofile()
+    conns = min(BURST_CONNECTIONS, max(0, limit - 64))
+    command = set_command(BURST_SIZE)
+    bursts: list[Row] = []
+    for server in servers():
+        if not server.key.startswith(("pooled", "streams")):
+            continue
+        row = Row("burst", server.key)
+        bursts.append(row)
+        if server.missing:
+            row.note = server.missing
+            continue
+        extra = BURST_POOL if server.key.startswith("pooled") else []
+        try:
+            with started(server, extra) as (pid, port):
+                started_at = time.perf_counter()
+                asyncio.run(burst(port, conns, command, BURST_TIMEOUT[quick]))
+                row.seconds = time.perf_counter() - started_at
+                row.peak_rss = peak_rss(pid)
+        except asyncio.TimeoutError:
+            row.note = f"failed: not every +OK within {BURST_TIMEOUT[quick]:.0f} s"
+        except (RuntimeError, OSError, subprocess.SubprocessError, EOFError) as exc:
+            row.note = f"failed: {type(exc).__name__}: {exc}"[:200]
+    info = {"connections": conns, "command_bytes": len(command), "n": {}}
+    for run in RUNS:
+        info["n"][run.key] = run.quick_n if quick else run.full_n
+    return rows, bursts, info
+
+
+def targets(rows: list[Row], bursts: list[Row]) -> list[dict[str, Any]]:
+    def rps(run: str, server: str) -> dict[str, float] | None:
+        for row in rows:
+            if row.run == run and row.server == server and row.rps:
+                return row.rps
+        return None
+
+    def ratios(
+        a: dict[str, float] | None, b: dict[str, float] | None
+    ) -> dict[str, float] | None:
+        if a is None or b is None:
+            return None
+        return {t: a[t] / b[t] for t in TESTS}
+
+    out = []
+    r = ratios(rps("pipelined", "pooled_uvloop"), rps("pipelined", "streams_asyncio"))
+    out.append(
+        ratio_line(
+            "-P 16: pooled (uvloop) / streams (asyncio)",
+            r,
+            ">= 3",
+            None if r is None else min(r.values()) >= 3,
+        )
+    )
+    for run, label in (("plain", "-c 50"), ("values_16k", "-d 16384")):
+        for loop in ("uvloop", "asyncio"):
+            r = ratios(rps(run, f"pooled_{loop}"), rps(run, "redis"))
+            out.append(
+                ratio_line(
+                    f"{label}: pooled ({loop}) / redis-server",
+                    r,
+                    ">= 0.9",
+                    None if r is None else min(r.values()) >= 0.9,
+                )
+            )
+    peaks = {row.server: row.peak_rss for row in bursts if not row.note}
+    for loop in ("asyncio", "uvloop"):
+        pooled, streams = peaks.get(f"pooled_{loop}"), peaks.get(f"streams_{loop}")
+        r = None if not pooled or not streams else {"rss": pooled / streams}
+        out.append(
+            ratio_line(
+                f"burst peak RSS: pooled ({loop}) / streams ({loop})",
+                r,
+                "<= 0.3",
+                None if r is None else r["rss"] <= 0.3,
+            )
+        )
+    return out
+
+
+def print_table(
+    rows: list[Row], bursts: list[Row], lines: list[dict[str, Any]], info: dict
+) -> None:
+    labels = {s.key: s.label for s in servers()}
+    runs = {run.key: run.label for run in RUNS}
+    print(
+        "\nServers: redis-benchmark -t ping,set,get -c 50 -q on 127.0.0.1, "
+        "requests/s (ping = PING_MBULK); peak RSS = the server's VmHWM"
+    )
+    head = f"{'run':<16} {'server':<18} " + " ".join(f"{t:>10}" for t in TESTS)
+    head += f" {'peak RSS':>11}"
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        if row.note:
+            cells = f"{row.note[:67]}"
+            print(f"{runs[row.run]:<16} {labels[row.server]:<18} {cells}")
+            continue
+        nums = " ".join(f"{row.rps[t]:>10,.0f}" for t in TESTS)
+        print(
+            f"{runs[row.run]:<16} {labels[row.server]:<18} {nums} "
+            f"{mib(row.peak_rss):>11}"
+        )
+    burst_label = f"burst {info['connections']}x64K"
+    for row in bursts:
+        if row.note:
+            print(f"{burst_label:<16} {labels[row.server]:<18} {row.note[:67]}")
+            continue
+        pool = " (pool 64x64 KiB)" if row.server.startswith("pooled") else ""
+        secs = f"all +OK in {row.seconds:.2f} s{pool}"
+        print(
+            f"{burst_label:<16} {labels[row.server]:<18} {secs:<32} "
+            f"{mib(row.peak_rss):>11}"
+        )
+    print("\nServer targets (the smallest of ping/set/get is judged)")
+    for line in lines:
+        r = line["ratios"]
+        if r is None:
+            shown, verdict = "n/a", "n/a"
+        else:
+            shown = "  ".join(f"{k} {v:.2f}" for k, v in r.items())
+            verdict = "PASS" if line["ok"] else "MISS"
+        print(f"  {line['name']:<52} {shown:<32} {line['target']:<8} {verdict}")
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Measure, print the table, return the figures."""
+    started_at = time.perf_counter()
+    if shutil.which("redis-benchmark") is None:
+        print("\nserver figures: redis-benchmark is not installed (redis-tools)")
+        return {"error": "redis-benchmark not installed"}
+    rows, bursts, info = measure(quick)
+    lines = targets(rows, bursts)
+    print_table(rows, bursts, lines, info)
+    seconds = time.perf_counter() - started_at
+    print(f"(server figures in {seconds:.0f} s)")
+    return {
+        "mode": "quick" if quick else "full",
+        "clients": CLIENTS,
+        "requests": info["n"],
+        "burst": {
+            "connections": info["connections"],
+            "command_bytes": info["command_bytes"],
+            "pooled_args": " ".join(BURST_POOL),
+        },
+        "servers": {
+            s.key: {"label": s.label, "available": s.missing is None} for s in servers()
+        },
+        "rows": [
+            {
+                "run": row.run,
+                "server": row.server,
+                "rps": row.rps or None,
+                "peak_rss_bytes": row.peak_rss,
+                "seconds": row.seconds,
+                "note": row.note or None,
+            }
+            for row in rows + bursts
+        ],
+        "targets": lines,
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.servers", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small runs")
+    args = parser.parse_args()
+    run(args.quick)
+
+
+if __name__ == "__main__":
+    if os.name != "posix":
+        sys.exit("the server benchmark needs Linux")
+    main()
