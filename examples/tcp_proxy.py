@@ -1,0 +1,369 @@
+"""A TCP proxy whose buffers travel from one side to the other.
+
+Each connection accepted is paired with a connection to the upstream
+server. Every read, on either side, lands in a buffer of a ``buffer_pool``;
+that very buffer is written to the other side through a ``PooledWriter``,
+which gives it back to the pool only once the transport has sent it (on
+Python 3.12+ and uvloop, ``transport.write()`` keeps a view of what it is
+given until it is sent). No copy, and no buffer reused too early.
+
+Backpressure: when one side's transport has too much queued (its
+``pause_writing()``), the proxy stops reading from the other side until it
+drains (``resume_writing()``). When the pool is dry, a side stops reading
+and waits in line for a buffer. On SIGINT or SIGTERM it prints the pool's
+stats and shuts down: every buffer is back by then (``outstanding=0``).
+
+    python examples/tcp_proxy.py --upstream HOST:PORT [--port 7000] [--uvloop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import Any, cast
+
+from aiomempool import GFP, GFP_ATOMIC, Mempool, PooledWriter, buffer_pool
+
+#: get_buffer() cannot await: it borrows from the headroom, quietly (a dry
+#: pool is handled by waiting for a buffer, not an error).
+ATOMIC_NOWARN = GFP_ATOMIC | GFP.NOWARN
+#: Bytes read when the pool is dry, before reading pauses (copied).
+FALLBACK_SIZE = 256
+#: On shutdown, how long connections may flush what they have queued.
+GRACE_S = 2.0
+
+
+class Proxy:
+    """What every connection shares: the pool, the sides, the counters."""
+
+    def __init__(self, pool: Mempool[memoryview], upstream: tuple[str, int]) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.sides: set[Side] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.pauses = 0  # reading paused for the other side's backpressure
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+class Side(asyncio.BufferedProtocol):
+    """One connection of a pair: reads into pool buffers and hands each to
+    the other side's ``PooledWriter``.
+
+    Ownership: a buffer of the pool is held by ``_buf`` (the next read goes
+    into it), by ``_early`` (read before the other side was connected), by
+    the refill task from ``pool.alloc()`` returning to its storing in
+    ``_buf`` (no await in between), or by a ``PooledWriter`` once written.
+    ``connection_lost()`` frees ``_buf`` and ``_early`` and cancels the
+    refill task; the writers free the rest as the transports send it or
+    drop it.
+
+    Reading is paused while any reason in ``_blocked`` holds: "link" (the
+    other side is not connected yet), "peer" (the other side's transport
+    asked us to stop: backpressure), "pool" (waiting for a buffer).
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.pool = proxy.pool
+        self.transport: asyncio.Transport | None = None
+        self.writer: PooledWriter | None = None  # writes to *this* transport
+        self.peer: Side | None = None
+        self.eof = False  # this side sent us its EOF
+        self.lost = asyncio.get_running_loop().create_future()
+        self._buf: memoryview | None = None
+        self._fallback: memoryview | None = None
+        self._blocked: set[str] = set()
+        self._refill: asyncio.Task[None] | None = None
+        # Read before link(): buffers of the pool (or copies), bytes in each.
+        self._early: list[tuple[memoryview | bytes, int]] = []
+
+    # -- reading, paused for any of several reasons -------------------------
+
+    def block(self, reason: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._blocked:
+            transport.pause_reading()
+        self._blocked.add(reason)
+
+    def unblock(self, reason: str) -> None:
+        if reason not in self._blocked:
+            return
+        self._blocked.discard(reason)
+        transport = self.transport
+        if not self._blocked and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    # -- asyncio.BufferedProtocol --------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.writer = PooledWriter(self.transport, self.pool)
+        self.proxy.sides.add(self)
+        # Nothing to read into until the other side is there. asyncio's
+        # transports honour this; uvloop reads once anyway (buffer_updated()).
+        self.block("link")
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        buf = self._buf
+        if buf is None:
+            buf = self.pool.alloc_nowait(ATOMIC_NOWARN)
+            if buf is None:
+                # Dry: the few bytes on their way go into a small buffer of
+                # ours, and buffer_updated() pauses reading.
+                if self._fallback is None:
+                    self._fallback = memoryview(bytearray(FALLBACK_SIZE))
+                return self._fallback
+            self._buf = buf
+        return buf  # the whole buffer: PooledWriter wants it as allocated
+
+    def buffer_updated(self, nbytes: int) -> None:
+        buf, self._buf = self._buf, None
+        peer = self.peer
+        if peer is None and "link" in self._blocked:
+            # Read before the other side is there: uvloop starts reading
+            # accepted connections after connection_made(), paused or not.
+            # Kept, in order, until link(); reading paused again meanwhile.
+            if buf is not None:
+                self._early.append((buf, nbytes))
+            else:
+                assert self._fallback is not None
+                self._early.append((bytes(self._fallback[:nbytes]), nbytes))
+            assert self.transport is not None
+            self.transport.pause_reading()
+            return
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            # The other side is going away: nowhere to send these bytes.
+            if buf is not None:
+                self.pool.free(buf)
+            return
+        if buf is not None:
+            assert peer.writer is not None
+            # From here the buffer is the writer's: it goes back to the pool
+            # once peer's transport has sent it. pause_writing() may be
+            # called in there, and pause our reading.
+            peer.writer.write(buf, nbytes)
+            return
+        assert self._fallback is not None
+        peer.transport.write(bytes(self._fallback[:nbytes]))  # a copy
+        self.block("pool")
+        self._refill = asyncio.get_running_loop().create_task(self._wait_buffer())
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.peer is None and "link" in self._blocked:
+            return True  # linked() passes it on, after the bytes read before
+        return self._pass_eof()
+
+    def _pass_eof(self) -> bool:
+        """Pass our EOF on to the other side; close both once both sent it."""
+        peer = self.peer
+        if peer is None or peer.eof or peer.transport is None:
+            if self.transport is not None:
+                self.transport.close()
+            if peer is not None and peer.transport is not None:
+                peer.transport.close()  # flushes what it has queued first
+            return False
+        if not peer.transport.is_closing():
+            # Half-close: pass the EOF on, keep the other direction open.
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()  # after the bytes queued
+            else:
+                peer.transport.close()
+        return True
+
+    def pause_writing(self) -> None:
+        # Our transport has too much queued: stop reading from the other side.
+        if self.peer is not None:
+            self.proxy.pauses += 1
+            self.peer.block("peer")
+
+    def resume_writing(self) -> None:
+        if self.writer is not None:
+            self.writer.release_sent()  # give buffers back without the timer
+        if self.peer is not None:
+            self.peer.unblock("peer")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.proxy.sides.discard(self)
+        refill, self._refill = self._refill, None
+        if refill is not None:
+            refill.cancel()  # cancelled in alloc(), the pool keeps its buffer
+        buf, self._buf = self._buf, None
+        if buf is not None:
+            self.pool.free(buf)
+        early, self._early = self._early, []
+        for data, _ in early:
+            if isinstance(data, memoryview):
+                self.pool.free(data)
+        if self.writer is not None:
+            self.writer.release_sent()  # a lost transport dropped its queue
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            if exc is None:
+                # Closed cleanly: the other side flushes what it has queued.
+                peer.transport.close()
+            else:
+                # Reset, or failed: abort the other side too, dropping what
+                # it has queued. A graceful close() would wait for its peer
+                # to read it, while no longer reading what that peer sends:
+                # both could stall for good, holding their buffers.
+                peer.transport.abort()
+            peer.unblock("peer")  # our resume_writing() will never come
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    # -- internals ----------------------------------------------------------
+
+    def linked(self, peer: Side) -> None:
+        """The other side is there: send it what was read before, read on."""
+        self.peer = peer
+        early, self._early = self._early, []
+        assert peer.writer is not None and peer.transport is not None
+        for data, nbytes in early:
+            if peer.transport.is_closing():  # nowhere to send them
+                if isinstance(data, memoryview):
+                    self.pool.free(data)
+            elif isinstance(data, memoryview):
+                peer.writer.write(data, nbytes)
+            else:
+                peer.transport.write(data)
+        if self.eof:
+            self._pass_eof()
+        self.unblock("link")
+
+    async def _wait_buffer(self) -> None:
+        """Wait in line for a buffer, then read again."""
+        buf = await self.pool.alloc()
+        # No await from here on: cancellation cannot separate us from it.
+        assert buf is not None  # GFP_KERNEL waits
+        self._refill = None
+        if self.lost.done():
+            self.pool.free(buf)
+            return
+        self._buf = buf
+        self.unblock("pool")
+
+
+async def link(proxy: Proxy, client: Side) -> None:
+    """Connect to the upstream server for ``client``, then let both read."""
+    loop = asyncio.get_running_loop()
+    host, port = proxy.upstream
+    try:
+        _, upstream = await loop.create_connection(lambda: Side(proxy), host, port)
+    except OSError:
+        if client.transport is not None:
+            client.transport.abort()
+        return
+    if client.lost.done():
+        if upstream.transport is not None:
+            upstream.transport.close()
+        return
+    client.linked(upstream)
+    upstream.linked(client)
+
+
+def stats_line(proxy: Proxy) -> str:
+    """The pool's stats on one line."""
+    s = proxy.pool.stats()
+    return (
+        f"stats: allocs={s.allocs} frees={s.frees} outstanding={s.outstanding} "
+        f"curr_nr={s.curr_nr} min_nr={s.min_nr} reserve_hits={s.reserve_hits} "
+        f"waits={s.waits} max_wait_ms={s.max_wait_s * 1e3:.1f} "
+        f"backpressure_pauses={proxy.pauses}"
+    )
+
+
+async def shutdown(proxy: Proxy, server: asyncio.Server) -> None:
+    """Stop accepting, let connections flush for a while, then abort them;
+    wait until every buffer is back."""
+    server.close()
+    for task in list(proxy.tasks):
+        task.cancel()
+    await asyncio.gather(*proxy.tasks, return_exceptions=True)
+    sides = list(proxy.sides)
+    for side in sides:
+        if side.transport is not None:
+            side.transport.close()
+    lost = [side.lost for side in sides]
+    if lost:
+        _, pending = await asyncio.wait(lost, timeout=GRACE_S)
+        for side in sides:
+            if not side.lost.done() and side.transport is not None:
+                side.transport.abort()  # a peer that reads nothing
+        if pending:
+            await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
+    for side in sides:
+        if side.writer is not None:
+            await asyncio.wait_for(side.writer.wait_sent(), timeout=5)
+    await asyncio.wait_for(server.wait_closed(), timeout=5)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    pool = buffer_pool(
+        args.buffer_size, min_nr=args.min_nr, max_nr=args.max_nr, name="proxy"
+    )
+    proxy = Proxy(pool, args.upstream)
+    try:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+
+        def accept() -> Side:
+            client = Side(proxy)
+            proxy.spawn(link(proxy, client))
+            return client
+
+        server = await loop.create_server(accept, args.host, args.port)
+        host, port = server.sockets[0].getsockname()[:2]
+        print(f"listening on {host}:{port}", flush=True)
+        await stop.wait()
+        await shutdown(proxy, server)
+        print(stats_line(proxy), flush=True)
+    finally:
+        pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--upstream", type=parse_address, required=True, help="HOST:PORT"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="default: 0, any free port")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
+    parser.add_argument(
+        "--buffer-size", type=int, default=65536, help="bytes per buffer"
+    )
+    parser.add_argument(
+        "--min-nr", type=int, default=16, help="buffers kept in reserve"
+    )
+    parser.add_argument(
+        "--max-nr", type=int, default=1024, help="most buffers in use at once"
+    )
+    args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(args))
+    else:
+        asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
