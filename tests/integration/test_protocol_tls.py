@@ -90,6 +90,9 @@ class Echo(PooledBufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        # Python 3.10's SSL transport counts as unclosed, and warns when
+        # collected, unless its protocol closes it, even after the peer left.
+        self.transport.close()
         if not self.lost.done():
             self.lost.set_result(None)
 
