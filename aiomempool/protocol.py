@@ -96,6 +96,10 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._pending = bytearray()  # read into the fallback, not yet delivered
         self._waiter: asyncio.Task[None] | None = None
         self._lost = False
+        # A buffer get_buffer() took from the pool and no read has filled
+        # yet; _sweep() gives it back if none does (see get_buffer()).
+        self._fresh = False
+        self._sweeping = False
 
     def __repr__(self) -> str:
         buf = self._buf
@@ -172,12 +176,22 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                     self._fallback = memoryview(bytearray(FALLBACK_SIZE))
                 return self._fallback
             self._buf = buf
+            # uvloop (libuv reads until EAGAIN, asking for a buffer before
+            # each try) and the TLS transports call get_buffer() when no
+            # bytes may come: an idle connection would then hold a buffer
+            # of the pool for as long as it stays idle. Unless a read fills
+            # it first, the buffer goes back once this callback is over.
+            self._fresh = True
+            if not self._sweeping:
+                self._sweeping = True
+                asyncio.get_running_loop().call_soon(self._sweep)
         fill = self._fill
         return buf[fill:] if fill else buf
 
     def buffer_updated(self, nbytes: int) -> None:
         """Hand the bytes read to ``view_received()``, or if they are in the
         fallback buffer, save them and queue for a pool buffer."""
+        self._fresh = False
         if self._buf is not None:
             self._deliver(nbytes)
             return
@@ -233,6 +247,13 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                 if keep:
                     buf[: end - keep] = buf[keep:end]  # memmove, overlap-safe
                 self._fill = end - keep
+
+    def _sweep(self) -> None:
+        """Give back a buffer that get_buffer() took and no read filled."""
+        self._sweeping = False
+        if self._fresh and self._fill == 0 and self._buf is not None:
+            self._fresh = False
+            self._drop_buf()
 
     def _drop_buf(self) -> None:
         """Give ``_buf`` back to the pool, if any."""

@@ -345,6 +345,41 @@ async def test_get_buffer_ignores_sizehint_and_reuses_space_not_read_into() -> N
 
 
 @pytest.mark.asyncio
+async def test_a_buffer_no_read_filled_goes_back_once_the_callback_is_over() -> None:
+    # uvloop asks for a buffer before every read try, the last one finding
+    # nothing (EAGAIN): idle connections must not keep buffers of the pool.
+    pool = buffer_pool(64, min_nr=1, max_nr=4)
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(FakeTransport())
+    protocol.get_buffer(-1)
+    assert pool.stats().outstanding == 1
+    await asyncio.sleep(0)
+    assert pool.stats().outstanding == 0
+    feed(protocol, b"hi")  # a read in one go: delivered, then given back
+    assert protocol.got == [b"hi"] and pool.stats().outstanding == 0
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_hold_no_buffer_so_others_are_served() -> None:
+    pool = buffer_pool(256, min_nr=1, max_nr=4, headroom=1)
+    async with serve(lambda: Echo(pool)) as (port, _):
+        idle = []
+        for i in range(10):  # more idle connections than buffers
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            # A read that fills a whole buffer makes libuv try once more.
+            data = bytes([i]) * 256
+            writer.write(data)
+            assert await asyncio.wait_for(reader.readexactly(256), TIMEOUT) == data
+            idle.append(writer)
+        await until(outstanding_is(pool, 0))
+        await echo_many(port, 7, [10, 300, 1000])
+        for writer in idle:
+            await close(writer)
+    all_back(pool, 5)
+
+
+@pytest.mark.asyncio
 async def test_a_buffer_kept_full_stays_until_release_kept() -> None:
     pool = buffer_pool(8, min_nr=1, max_nr=4)
     protocol = Keeper(pool)
