@@ -44,6 +44,10 @@ GFP_NOWAIT = GFP(0)
 """Never waits, no emergency headroom: for callbacks."""
 GFP_ATOMIC = GFP.HIGH
 """Never waits, urgent: may use the allocator's emergency headroom."""
+ATOMIC_NOWARN = GFP_ATOMIC | GFP.NOWARN
+# GFP_ATOMIC without the warning: what receive paths with a fallback pass
+# (PooledBufferedProtocol.get_buffer()). One object, so that the slab
+# pools' hot paths can recognise it by identity.
 
 _ALL_BITS = 0
 for _flag in GFP:

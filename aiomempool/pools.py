@@ -28,7 +28,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast
 from ._checks import check_nr
 from ._leaks import LeakSampler, unwatch
 from .errors import DoubleFreeError, ForeignElementError
-from .gfp import GFP, GFP_KERNEL, GFP_NOWAIT
+from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from .mempool import Mempool
 from .slab import SlabCache
 
@@ -189,7 +189,14 @@ class SlabPool(TrackedPool[memoryview]):
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
         """As ``Mempool.alloc_nowait()``."""
-        if gfp_mask is GFP_NOWAIT and not self._gate:
+        # The steady state, and a mask that never waits and asks for no
+        # zeroing (by identity: one IntFlag test costs more than the path).
+        # The cache's headroom (GFP.HIGH) is the slow path's business.
+        if (
+            gfp_mask is GFP_NOWAIT
+            or gfp_mask is ATOMIC_NOWARN
+            or gfp_mask is GFP_ATOMIC
+        ) and not self._gate:
             cache = self._allocator
             view = cache._pop_free(cache._limit)
             if view is not None:
@@ -275,7 +282,11 @@ class _SampledPool(SlabPool):
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
         """As ``Mempool.alloc_nowait()``."""
         view = None  # SlabPool.alloc_nowait()'s hot path, inlined as above
-        if gfp_mask is GFP_NOWAIT and not self._gate:
+        if (
+            gfp_mask is GFP_NOWAIT
+            or gfp_mask is ATOMIC_NOWARN
+            or gfp_mask is GFP_ATOMIC
+        ) and not self._gate:
             cache = self._allocator
             view = cache._pop_free(cache._limit)
             if view is not None:

@@ -32,20 +32,19 @@ of them.
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
+import weakref
 from typing import cast
 
-from .gfp import GFP, GFP_ATOMIC
+from .gfp import ATOMIC_NOWARN
 from .mempool import Mempool
 
 __all__ = ["PooledBufferedProtocol"]
 
 #: Bytes of the per-protocol fallback buffer, read into when the pool is dry.
 FALLBACK_SIZE = 256
-#: get_buffer()'s mask: the headroom, and no warning for a dry pool, which
-#: the protocol handles by waiting (the kernel's callers with a fallback
-#: pass __GFP_NOWARN too).
-ATOMIC_NOWARN = GFP_ATOMIC | GFP.NOWARN
+# get_buffer()'s mask is ATOMIC_NOWARN: the headroom, and no warning for a
+# dry pool, which the protocol handles by waiting (the kernel's callers
+# with a fallback pass __GFP_NOWARN too).
 
 
 class PooledBufferedProtocol(asyncio.BufferedProtocol):
@@ -99,7 +98,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         # A buffer get_buffer() took from the pool and no read has filled
         # yet; _sweep() gives it back if none does (see get_buffer()).
         self._fresh = False
-        self._sweeping = False
+        self._sweeper: _Sweeper | None = None  # set by connection_made()
 
     def __repr__(self) -> str:
         buf = self._buf
@@ -161,32 +160,35 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Remember the transport."""
         self.transport = cast(asyncio.Transport, transport)
+        self._sweeper = _sweeper(asyncio.get_running_loop())
 
     def get_buffer(self, sizehint: int) -> memoryview:
         """The room left in this connection's buffer; ``sizehint`` ignored."""
         buf = self._buf
+        if buf is not None:
+            fill = self._fill
+            return buf[fill:] if fill else buf
+        # No barging: while this connection waits, it reads no more.
+        if self._waiter is None:
+            buf = self.pool.alloc_nowait(ATOMIC_NOWARN)
         if buf is None:
-            # No barging: while this connection waits, it reads no more.
-            if self._waiter is None:
-                buf = self.pool.alloc_nowait(ATOMIC_NOWARN)
-            if buf is None:
-                # Reading is paused from buffer_updated(), where these bytes
-                # land: the transports read no more until resume_reading().
-                if self._fallback is None:
-                    self._fallback = memoryview(bytearray(FALLBACK_SIZE))
-                return self._fallback
-            self._buf = buf
-            # uvloop (libuv reads until EAGAIN, asking for a buffer before
-            # each try) and the TLS transports call get_buffer() when no
-            # bytes may come: an idle connection would then hold a buffer
-            # of the pool for as long as it stays idle. Unless a read fills
-            # it first, the buffer goes back once this callback is over.
-            self._fresh = True
-            if not self._sweeping:
-                self._sweeping = True
-                asyncio.get_running_loop().call_soon(self._sweep)
-        fill = self._fill
-        return buf[fill:] if fill else buf
+            # Reading is paused from buffer_updated(), where these bytes
+            # land: the transports read no more until resume_reading().
+            if self._fallback is None:
+                self._fallback = memoryview(bytearray(FALLBACK_SIZE))
+            return self._fallback
+        self._buf = buf
+        # uvloop (libuv reads until EAGAIN, asking for a buffer before each
+        # try) and the TLS transports call get_buffer() when no bytes may
+        # come: an idle connection would then hold a buffer of the pool for
+        # as long as it stays idle. Unless a read fills it first, the buffer
+        # goes back once the loop's current callbacks are over.
+        self._fresh = True
+        sweeper = self._sweeper
+        if sweeper is None:  # get_buffer() before connection_made()
+            sweeper = self._sweeper = _sweeper(asyncio.get_running_loop())
+        sweeper.add(self)
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
         """Hand the bytes read to ``view_received()``, or if they are in the
@@ -231,26 +233,32 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self.view_received(view)
         finally:
             self._end = None
-            keep, self._keep = self._keep, None
+            keep = self._keep
             if keep is None or keep >= end:
                 # The user's view dies first, so that debug mode can take the
                 # buffer back now unless the user exported it.
-                with suppress(BufferError):
+                # Not contextlib.suppress(): this runs on every read.
+                try:  # noqa: SIM105
                     view.release()
-                self._drop_buf()
-            elif keep == 0 and end == len(buf):
-                # Kept full: it stays the user's, reads go on elsewhere.
-                self._full.append(buf)
+                except BufferError:
+                    pass
                 self._buf = None
                 self._fill = 0
+                self.pool.free(buf)
             else:
-                if keep:
-                    buf[: end - keep] = buf[keep:end]  # memmove, overlap-safe
-                self._fill = end - keep
+                self._keep = None
+                if keep == 0 and end == len(buf):
+                    # Kept full: it stays the user's, reads go on elsewhere.
+                    self._full.append(buf)
+                    self._buf = None
+                    self._fill = 0
+                else:
+                    if keep:
+                        buf[: end - keep] = buf[keep:end]  # memmove, overlap-safe
+                    self._fill = end - keep
 
     def _sweep(self) -> None:
         """Give back a buffer that get_buffer() took and no read filled."""
-        self._sweeping = False
         if self._fresh and self._fill == 0 and self._buf is not None:
             self._fresh = False
             self._drop_buf()
@@ -298,3 +306,41 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                 self._waiter = None
         if not self._lost and not self.transport.is_closing():
             self.transport.resume_reading()
+
+
+class _Sweeper:
+    """The protocols of one loop whose get_buffer() took a fresh buffer in
+    the loop's current iteration. One callback per iteration sweeps them
+    all, however many connections read (a call_soon() per read would cost
+    more than the read's own bookkeeping)."""
+
+    __slots__ = ("protocols",)
+
+    def __init__(self) -> None:
+        self.protocols: list[PooledBufferedProtocol] = []
+
+    def add(self, protocol: PooledBufferedProtocol) -> None:
+        """Sweep ``protocol`` once the loop's current callbacks are over;
+        called in the loop."""
+        protocols = self.protocols
+        if not protocols:
+            asyncio.get_running_loop().call_soon(self.run)
+        protocols.append(protocol)
+
+    def run(self) -> None:
+        protocols, self.protocols = self.protocols, []
+        for protocol in protocols:
+            protocol._sweep()
+
+
+#: One sweeper per loop (it holds no reference to the loop, which may go).
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _sweeper(loop: asyncio.AbstractEventLoop) -> _Sweeper:
+    sweeper = _SWEEPERS.get(loop)
+    if sweeper is None:
+        sweeper = _SWEEPERS[loop] = _Sweeper()
+    return sweeper
