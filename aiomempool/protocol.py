@@ -25,8 +25,13 @@ exactly one of ``_buf`` (lent to the transport between ``get_buffer()`` and
 ``buffer_updated()``, to the user during ``view_received()``, kept by the
 user after ``keep_buffer()``), ``_full`` (kept buffers with no room left) or
 the waiter task (from ``pool.alloc()`` returning to its storing the buffer
-in ``_buf``, with no await in between). ``connection_lost()`` gives back all
-of them.
+in ``_buf``, with no await in between); or, after ``take_buffer()``, by the
+user alone. ``connection_lost()`` gives back all the protocol holds.
+
+Reading is paused while either reason holds, and resumed only once neither
+does: the user's (``pause_reading()``, ``_paused``) and the pool's (a task
+waits for a buffer, ``_waiter``). The transports' own calls do not nest, so
+the user must pause through the protocol.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ __all__ = ["PooledBufferedProtocol"]
 
 #: Bytes of the per-protocol fallback buffer, read into when the pool is dry.
 FALLBACK_SIZE = 256
+#: Loop iterations after resuming reading before bytes read while the pool
+#: was dry are delivered without more (two: on the selector loops and on
+#: uvloop, the read that resuming allows runs within them).
+FLUSH_HOPS = 2
 # get_buffer()'s mask is ATOMIC_NOWARN: the headroom, and no warning for a
 # dry pool, which the protocol handles by waiting (the kernel's callers
 # with a fallback pass __GFP_NOWARN too).
@@ -52,7 +61,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
 
     Subclass it and override ``view_received(view)``; ``pool`` is a pool of
     writable memoryviews, ``buffer_pool(size, ...)``'s. Overrides of
-    ``connection_made()`` and ``connection_lost()`` must call ``super()``.
+    ``connection_made()``, ``eof_received()`` and ``connection_lost()``
+    must call ``super()``.
 
     ``get_buffer()`` borrows with ``pool.alloc_nowait(GFP_ATOMIC)`` (and
     ``GFP.NOWARN``: a dry pool is handled, not an error): it never awaits,
@@ -67,7 +77,14 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     before the user sees them), reading is paused, and a task waits in
     ``await pool.alloc()``; once it has a buffer, it delivers those bytes
     and resumes reading. Nothing is dropped, and connections get buffers in
-    the order they ran out.
+    the order they ran out. For pauses of your own (write backpressure),
+    call the protocol's ``pause_reading()`` and ``resume_reading()``, which
+    compose with that wait; the transport's do not.
+
+    A view's bytes can outlive the call three ways: copy them;
+    ``keep_buffer()`` (an incomplete frame, completed by the next reads);
+    ``take_buffer()`` (the buffer is yours, to free or hand on: to a
+    ``PooledWriter``, or to a worker).
 
     Example::
 
@@ -99,6 +116,11 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         # yet; _sweep() gives it back if none does (see get_buffer()).
         self._fresh = False
         self._sweeper: _Sweeper | None = None  # set by connection_made()
+        self._paused = False  # by pause_reading()
+        self._taken = False  # take_buffer() in this view_received()
+        # _fill bytes of _buf that view_received() has not seen: the last
+        # read before a dry pool's wait (see _wait()).
+        self._unseen = False
 
     def __repr__(self) -> str:
         buf = self._buf
@@ -134,15 +156,61 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         afresh; give it back with ``release_kept()``.
 
         Raises:
-            RuntimeError: called outside ``view_received()``.
+            RuntimeError: called outside ``view_received()``, or after
+                ``take_buffer()`` in the same call.
             ValueError: ``start`` is not within the view.
         """
         end = self._end
         if end is None:
             raise RuntimeError("keep_buffer() must be called from view_received()")
+        if self._taken:
+            raise RuntimeError("keep_buffer() after take_buffer(): the buffer is yours")
         if type(start) is not int or not 0 <= start <= end:
             raise ValueError(f"start must be an int from 0 to {end}, got {start!r}")
         self._keep = start
+
+    def take_buffer(self) -> memoryview:
+        """Take the buffer of the current ``view_received()`` call: it is
+        yours from now on, and the protocol reads on into another.
+
+        Returns the pool's buffer whole, as allocated; the view's bytes are
+        at its start, ``buf[:len(view)]``. Give it back with
+        ``pool.free(buf)``, or hand it on: ``PooledWriter.write(buf,
+        len(view))`` frees it once the bytes are sent, and a queue to a
+        worker carries it without a copy.
+
+        Raises:
+            RuntimeError: called outside ``view_received()``, or after
+                ``keep_buffer()`` in the same call.
+        """
+        if self._end is None:
+            raise RuntimeError("take_buffer() must be called from view_received()")
+        if self._keep is not None:
+            raise RuntimeError("take_buffer() after keep_buffer() in the same call")
+        buf = self._buf
+        assert buf is not None  # _deliver() is running
+        self._taken = True
+        return buf
+
+    def pause_reading(self) -> None:
+        """Stop reading from the transport, for a reason of yours (a peer
+        that reads its replies too slowly: call it from ``pause_writing()``),
+        until ``resume_reading()``.
+
+        Call these two rather than the transport's: the protocol pauses
+        reading as well while it waits for a buffer of a dry pool, and
+        resumes only once neither reason holds.
+        """
+        self._paused = True
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Undo ``pause_reading()``: reading resumes, unless the protocol
+        still waits for a buffer (it resumes reading once it has one)."""
+        self._paused = False
+        if self._waiter is None and not self._lost and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def release_kept(self) -> None:
         """Give back every buffer kept by ``keep_buffer()``; the kept bytes
@@ -203,6 +271,14 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self.transport.pause_reading()
             self._waiter = asyncio.get_running_loop().create_task(self._wait())
 
+    def eof_received(self) -> bool | None:
+        """Deliver bytes read while the pool was dry that no read has
+        delivered yet (see ``_wait()``), before the end of the stream.
+        Overrides must call ``super().eof_received()`` first."""
+        if self._unseen and not self._lost:
+            self._deliver(0)
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         """Give back every buffer held; cancel the wait for one."""
         self._lost = True
@@ -229,12 +305,22 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         view = buf[:end]
         self._keep = None
         self._end = end
+        self._unseen = False
         try:
             self.view_received(view)
         finally:
             self._end = None
             keep = self._keep
-            if keep is None or keep >= end:
+            if self._taken:
+                # The user's now: the view dies, the buffer stays theirs.
+                self._taken = False
+                self._buf = None
+                self._fill = 0
+                try:  # noqa: SIM105
+                    view.release()
+                except BufferError:
+                    pass
+            elif keep is None or keep >= end:
                 # The user's view dies first, so that debug mode can take the
                 # buffer back now unless the user exported it.
                 # Not contextlib.suppress(): this runs on every read.
@@ -271,7 +357,16 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self.pool.free(buf)
 
     async def _wait(self) -> None:
-        """Wait in line for a buffer, deliver the pending bytes, resume."""
+        """Wait in line for a buffer, put the pending bytes in it, resume.
+
+        The last pending bytes are not delivered at once, but left unseen at
+        the start of the buffer (as kept bytes are) while reading resumes:
+        the next read fills the rest of the buffer and delivers them all.
+        Delivered at once, a few bytes would use up a whole buffer that the
+        user takes (``take_buffer()``) or a slow peer holds, and an
+        overloaded server would go on at a fallback's worth of bytes per
+        buffer. If no read comes, ``_flush()`` delivers them shortly after.
+        """
         pending = self._pending
         try:
             while pending:
@@ -286,26 +381,50 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                         self._drop_buf()
                         return
                 buf = self._buf
-                n = min(len(buf) - self._fill, len(pending))  # room > 0
-                buf[self._fill : self._fill + n] = pending[:n]
+                fill = self._fill
+                n = min(len(buf) - fill, len(pending))  # room > 0
+                buf[fill : fill + n] = pending[:n]
                 del pending[:n]
-                self._deliver(n)
+                if pending or fill + n == len(buf):
+                    self._deliver(n)  # no room to read into: now
+                else:
+                    self._fill = fill + n
+                    self._unseen = True
         except Exception as exc:
-            # As a failure in buffer_updated() would: the connection ends.
-            asyncio.get_running_loop().call_exception_handler(
-                {
-                    "message": "PooledBufferedProtocol: delivering failed",
-                    "exception": exc,
-                    "protocol": self,
-                }
-            )
-            self.transport.abort()
+            self._failed(exc)
             return
         finally:
             if self._waiter is asyncio.current_task():
                 self._waiter = None
-        if not self._lost and not self.transport.is_closing():
+        if self._unseen:
+            asyncio.get_running_loop().call_soon(self._flush, FLUSH_HOPS)
+        if not self._lost and not self._paused and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def _flush(self, hops: int) -> None:
+        """Deliver the unseen bytes ``_wait()`` left, if no read has come
+        within ``hops`` more loop iterations."""
+        if not self._unseen or self._lost:
+            return
+        if hops:
+            asyncio.get_running_loop().call_soon(self._flush, hops - 1)
+            return
+        try:
+            self._deliver(0)
+        except Exception as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """``view_received()`` raised outside a transport's callback: as a
+        failure in ``buffer_updated()`` would, the connection ends."""
+        asyncio.get_running_loop().call_exception_handler(
+            {
+                "message": "PooledBufferedProtocol: delivering failed",
+                "exception": exc,
+                "protocol": self,
+            }
+        )
+        self.transport.abort()
 
 
 class _Sweeper:

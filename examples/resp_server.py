@@ -256,12 +256,13 @@ class RespProtocol(PooledBufferedProtocol):
         return pos
 
     # A client that does not read its replies stops us reading from it.
+    # The protocol's pause_reading(), not the transport's: it composes with
+    # the pause while waiting for a buffer of a dry pool.
     def pause_writing(self) -> None:
-        self.transport.pause_reading()
+        self.pause_reading()
 
     def resume_writing(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
+        self.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # gives the buffers back

@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from helpers import settle
 
-from aiomempool import GFP_ATOMIC, Mempool, PooledBufferedProtocol, buffer_pool
+from aiomempool import (
+    GFP_ATOMIC,
+    Mempool,
+    PooledBufferedProtocol,
+    PooledWriter,
+    buffer_pool,
+)
 
 TIMEOUT = 5.0
 
@@ -474,3 +480,255 @@ async def test_a_failing_view_received_in_the_waiter_aborts_the_connection() -> 
     assert transport.closing and isinstance(seen[0]["exception"], ValueError)
     protocol.connection_lost(None)
     all_back(pool, 1)
+
+
+# -- take_buffer() ---------------------------------------------------------------
+
+
+class Taker(PooledBufferedProtocol):
+    """Takes every buffer, with the length of its view."""
+
+    def __init__(self, pool: Mempool[memoryview], keep_first: bool = False) -> None:
+        super().__init__(pool)
+        self.taken: list[tuple[memoryview, int]] = []
+        self.keep_first = keep_first
+
+    def view_received(self, view: memoryview) -> None:
+        if self.keep_first:
+            self.keep_first = False
+            self.keep_buffer()
+            return
+        self.taken.append((self.take_buffer(), len(view)))
+
+
+@pytest.mark.asyncio
+async def test_take_buffer_hands_the_buffer_over_and_reads_go_on_elsewhere() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=4)
+    protocol = Taker(pool, keep_first=True)
+    protocol.connection_made(FakeTransport())
+    feed(protocol, b"abc")  # kept
+    feed(protocol, b"de")  # taken: the kept bytes first
+    feed(protocol, b"fgh")  # a new buffer
+    (first, n1), (second, n2) = protocol.taken
+    assert bytes(first[:n1]) == b"abcde" and bytes(second[:n2]) == b"fgh"
+    assert first is not second and len(first) == 16
+    assert pool.stats().outstanding == 2
+    protocol.connection_lost(None)  # taken buffers are not the protocol's
+    assert pool.stats().outstanding == 2
+    pool.free(first)
+    pool.free(second)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_take_buffer_refuses_outside_view_received_and_beside_keep() -> None:
+    class Both(PooledBufferedProtocol):
+        def __init__(self, pool: Mempool[memoryview], first: str) -> None:
+            super().__init__(pool)
+            self.first = first
+            self.errors: list[str] = []
+
+        def view_received(self, view: memoryview) -> None:
+            if self.first == "keep":
+                self.keep_buffer()
+                with pytest.raises(RuntimeError, match="after keep_buffer"):
+                    self.take_buffer()
+            else:
+                self.take_buffer()
+                with pytest.raises(RuntimeError, match="after take_buffer"):
+                    self.keep_buffer()
+                self.pool.free(self.take_buffer())  # taking twice: the same
+
+    pool = buffer_pool(16, min_nr=1, max_nr=4)
+    for first in ("keep", "take"):
+        protocol = Both(pool, first)
+        protocol.connection_made(FakeTransport())
+        with pytest.raises(RuntimeError, match="view_received"):
+            protocol.take_buffer()
+        feed(protocol, b"xy")
+        protocol.connection_lost(None)
+        all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_take_buffer_works_for_bytes_delivered_by_the_waiter() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    protocol = Taker(pool)
+    protocol.connection_made(transport)
+    feed(protocol, b"late")  # the pool is dry: the fallback, and a waiter
+    assert not transport.reading
+    pool.free(held)
+    await settle()
+    ((buf, n),) = protocol.taken
+    assert bytes(buf[:n]) == b"late" and buf is held and transport.reading
+    protocol.connection_lost(None)
+    pool.free(buf)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_taken_buffers_written_through_pooled_writers_echo_byte_exact() -> None:
+    # The zero-copy echo: each buffer read goes out as it is, and back to the
+    # pool once sent (freeing at write() would corrupt the stream on 3.12+
+    # and uvloop when the client reads slowly).
+    pool = buffer_pool(1024, min_nr=2, max_nr=8, headroom=2)
+
+    class ZeroCopyEcho(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.writer = PooledWriter(self.transport, pool)
+
+        def view_received(self, view: memoryview) -> None:
+            self.writer.write(self.take_buffer(), len(view))
+
+    async with serve(lambda: ZeroCopyEcho(pool)) as (port, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        data = random.Random(11).randbytes(300_000)
+        writer.write(data)
+        await asyncio.sleep(0.05)  # a slow reader: the server's writes queue
+        got = await asyncio.wait_for(reader.readexactly(len(data)), TIMEOUT)
+        assert got == data
+        await close(writer)
+    await until(outstanding_is(pool, 0))
+
+
+# -- pause_reading() / resume_reading() ------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_buffer_arriving_keeps_reading_paused_while_the_user_pauses() -> None:
+    # The user pauses for backpressure while the protocol waits for a buffer:
+    # the buffer arriving must not resume reading behind the user's back.
+    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(transport)
+    feed(protocol, b"one")  # dry: waits for a buffer, reading paused
+    protocol.pause_reading()  # and the peer reads too slowly
+    pool.free(held)
+    await settle()
+    assert protocol.got == [b"one"] and not transport.reading
+    protocol.resume_reading()
+    assert transport.reading
+    protocol.connection_lost(None)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_resume_reading_waits_for_the_buffer_the_protocol_waits_for() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(transport)
+    feed(protocol, b"two")
+    protocol.pause_reading()
+    protocol.resume_reading()  # the user's reason is gone, the pool's is not
+    assert not transport.reading
+    pool.free(held)
+    await settle()
+    assert protocol.got == [b"two"] and transport.reading
+    protocol.connection_lost(None)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_fresh_buffers_of_many_connections_go_back_in_one_sweep() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=32)
+    protocols = [Keeper(pool, keep=False) for _ in range(20)]
+    for protocol in protocols:
+        protocol.connection_made(FakeTransport())
+        protocol.get_buffer(-1)  # no read follows
+    feed(protocols[0], b"x")  # one that is read into: delivered and back
+    assert pool.stats().outstanding == 19
+    await asyncio.sleep(0)
+    assert pool.stats().outstanding == 0
+    for protocol in protocols:
+        protocol.connection_lost(None)
+
+
+# -- after a dry pool's wait -------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_after_a_wait_the_next_read_fills_the_same_buffer_first() -> None:
+    # Delivered at once, the fallback's few bytes would use up a buffer that
+    # the user takes: one buffer per 256 bytes under overload.
+    pool = buffer_pool(64, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    protocol = Taker(pool)
+    protocol.connection_made(transport)
+    feed(protocol, b"head-")  # dry: the fallback, a waiter
+    pool.free(held)
+    await asyncio.sleep(0)  # the waiter runs: the buffer, reading resumed
+    assert transport.reading and protocol.taken == []
+    feed(protocol, b"and-the-rest")
+    ((buf, n),) = protocol.taken
+    assert bytes(buf[:n]) == b"head-and-the-rest" and buf is held
+    await settle()  # nothing unseen left for the flush
+    assert len(protocol.taken) == 1
+    protocol.connection_lost(None)
+    pool.free(buf)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_bytes_read_while_dry_are_delivered_before_the_end_of_stream() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    transport = FakeTransport()
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(transport)
+    feed(protocol, b"last words")
+    pool.free(held)
+    await asyncio.sleep(0)
+    assert protocol.got == []  # unseen, reading resumed
+    assert protocol.eof_received() is None  # the client shut its side
+    assert protocol.got == [b"last words"]
+    protocol.connection_lost(None)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_an_overloaded_server_fills_every_buffer_a_slow_worker_frees() -> None:
+    # Buffers taken by a slow worker: each freed one goes to a waiting
+    # connection, which must fill it with a real read, not with the few
+    # bytes of its fallback (that collapsed throughput 50-fold).
+    pool = buffer_pool(16384, min_nr=2, max_nr=4, headroom=0)
+    work: asyncio.Queue[tuple[memoryview, int]] = asyncio.Queue()
+    clients, each = 4, 256 * 1024
+    items = 0
+
+    class ToWorker(Recorder):
+        def view_received(self, view: memoryview) -> None:
+            work.put_nowait((self.take_buffer(), len(view)))
+
+    async def worker() -> None:
+        nonlocal items
+        received = 0
+        while received < clients * each:
+            buf, nbytes = await work.get()
+            await asyncio.sleep(0.0002)
+            items += 1
+            received += nbytes
+            pool.free(buf)
+
+    async with serve(lambda: ToWorker(pool)) as (port, _):
+        consumer = asyncio.ensure_future(worker())
+
+        async def client() -> None:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(bytes(each))
+            await writer.drain()
+            await close(writer)
+
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), 30)
+        await asyncio.wait_for(consumer, 30)
+    assert pool.stats().waits > 0  # the pool did run dry
+    # At 256 bytes a buffer this would be 4,096 items.
+    assert items <= clients * each // 2048, items
+    await until(outstanding_is(pool, 0))
