@@ -1,8 +1,9 @@
 """A TCP proxy whose buffers travel from one side to the other.
 
 Each connection accepted is paired with a connection to the upstream
-server. Every read, on either side, lands in a buffer of a ``buffer_pool``;
-that very buffer is written to the other side through a ``PooledWriter``,
+server. Every read, on either side, lands in a buffer of a ``buffer_pool``
+(each side is a ``PooledBufferedProtocol``); ``take_buffer()`` hands that
+very buffer to the other side's ``PooledWriter``,
 which gives it back to the pool only once the transport has sent it (on
 Python 3.12+ and uvloop, ``transport.write()`` keeps a view of what it is
 given until it is sent). No copy, and no buffer reused too early.
@@ -22,15 +23,10 @@ import argparse
 import asyncio
 import signal
 from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
-from aiomempool import GFP, GFP_ATOMIC, Mempool, PooledWriter, buffer_pool
+from aiomempool import Mempool, PooledBufferedProtocol, PooledWriter, buffer_pool
 
-#: get_buffer() cannot await: it borrows from the headroom, quietly (a dry
-#: pool is handled by waiting for a buffer, not an error).
-ATOMIC_NOWARN = GFP_ATOMIC | GFP.NOWARN
-#: Bytes read when the pool is dry, before reading pauses (copied).
-FALLBACK_SIZE = 256
 #: On shutdown, how long connections may flush what they have queued.
 GRACE_S = 2.0
 
@@ -51,112 +47,75 @@ class Proxy:
         task.add_done_callback(self.tasks.discard)
 
 
-class Side(asyncio.BufferedProtocol):
-    """One connection of a pair: reads into pool buffers and hands each to
-    the other side's ``PooledWriter``.
+class Side(PooledBufferedProtocol):
+    """One connection of a pair: each read's buffer goes, whole, to the
+    other side's ``PooledWriter`` (``take_buffer()``).
 
-    Ownership: a buffer of the pool is held by ``_buf`` (the next read goes
-    into it), by ``_early`` (read before the other side was connected), by
-    the refill task from ``pool.alloc()`` returning to its storing in
-    ``_buf`` (no await in between), or by a ``PooledWriter`` once written.
-    ``connection_lost()`` frees ``_buf`` and ``_early`` and cancels the
-    refill task; the writers free the rest as the transports send it or
-    drop it.
+    Ownership: the protocol holds the buffer being read into, and a dry
+    pool's wait (``PooledBufferedProtocol``); a buffer taken is held by
+    ``_early`` (read before the other side was connected) or, once written,
+    by a ``PooledWriter``. ``connection_lost()`` frees ``_early``; the
+    writers free the rest as the transports send it or drop it.
 
     Reading is paused while any reason in ``_blocked`` holds: "link" (the
     other side is not connected yet), "peer" (the other side's transport
-    asked us to stop: backpressure), "pool" (waiting for a buffer).
+    asked us to stop: backpressure). The protocol pauses it too while it
+    waits for a buffer, and resumes only once neither it nor we hold it.
     """
 
     def __init__(self, proxy: Proxy) -> None:
+        super().__init__(proxy.pool)
         self.proxy = proxy
-        self.pool = proxy.pool
-        self.transport: asyncio.Transport | None = None
         self.writer: PooledWriter | None = None  # writes to *this* transport
         self.peer: Side | None = None
         self.eof = False  # this side sent us its EOF
         self.lost = asyncio.get_running_loop().create_future()
-        self._buf: memoryview | None = None
-        self._fallback: memoryview | None = None
         self._blocked: set[str] = set()
-        self._refill: asyncio.Task[None] | None = None
-        # Read before link(): buffers of the pool (or copies), bytes in each.
-        self._early: list[tuple[memoryview | bytes, int]] = []
+        # Read before linked(): buffers taken from the protocol, bytes in each.
+        self._early: list[tuple[memoryview, int]] = []
 
     # -- reading, paused for any of several reasons -------------------------
 
     def block(self, reason: str) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
         if not self._blocked:
-            transport.pause_reading()
+            self.pause_reading()
         self._blocked.add(reason)
 
     def unblock(self, reason: str) -> None:
         if reason not in self._blocked:
             return
         self._blocked.discard(reason)
-        transport = self.transport
-        if not self._blocked and transport is not None and not transport.is_closing():
-            transport.resume_reading()
+        if not self._blocked:
+            self.resume_reading()
 
-    # -- asyncio.BufferedProtocol --------------------------------------------
+    # -- the protocol ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         self.writer = PooledWriter(self.transport, self.pool)
         self.proxy.sides.add(self)
-        # Nothing to read into until the other side is there. asyncio's
-        # transports honour this; uvloop reads once anyway (buffer_updated()).
+        # Nothing to send the bytes to until the other side is there.
         self.block("link")
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        buf = self._buf
-        if buf is None:
-            buf = self.pool.alloc_nowait(ATOMIC_NOWARN)
-            if buf is None:
-                # Dry: the few bytes on their way go into a small buffer of
-                # ours, and buffer_updated() pauses reading.
-                if self._fallback is None:
-                    self._fallback = memoryview(bytearray(FALLBACK_SIZE))
-                return self._fallback
-            self._buf = buf
-        return buf  # the whole buffer: PooledWriter wants it as allocated
-
-    def buffer_updated(self, nbytes: int) -> None:
-        buf, self._buf = self._buf, None
+    def view_received(self, view: memoryview) -> None:
         peer = self.peer
         if peer is None and "link" in self._blocked:
             # Read before the other side is there: uvloop starts reading
             # accepted connections after connection_made(), paused or not.
-            # Kept, in order, until link(); reading paused again meanwhile.
-            if buf is not None:
-                self._early.append((buf, nbytes))
-            else:
-                assert self._fallback is not None
-                self._early.append((bytes(self._fallback[:nbytes]), nbytes))
-            assert self.transport is not None
-            self.transport.pause_reading()
+            # Kept, in order, until linked(); reading paused again meanwhile.
+            self._early.append((self.take_buffer(), len(view)))
+            self.pause_reading()
             return
-        if peer is None or peer.transport is None or peer.transport.is_closing():
-            # The other side is going away: nowhere to send these bytes.
-            if buf is not None:
-                self.pool.free(buf)
-            return
-        if buf is not None:
-            assert peer.writer is not None
-            # From here the buffer is the writer's: it goes back to the pool
-            # once peer's transport has sent it. pause_writing() may be
-            # called in there, and pause our reading.
-            peer.writer.write(buf, nbytes)
-            return
-        assert self._fallback is not None
-        peer.transport.write(bytes(self._fallback[:nbytes]))  # a copy
-        self.block("pool")
-        self._refill = asyncio.get_running_loop().create_task(self._wait_buffer())
+        if peer is None or peer.transport.is_closing():
+            return  # the other side is going away: nowhere to send them
+        assert peer.writer is not None
+        # From here the buffer is the writer's: it goes back to the pool once
+        # peer's transport has sent it. pause_writing() may be called in
+        # there, and pause our reading.
+        peer.writer.write(self.take_buffer(), len(view))
 
     def eof_received(self) -> bool:
+        super().eof_received()  # the bytes read before it first
         self.eof = True
         if self.peer is None and "link" in self._blocked:
             return True  # linked() passes it on, after the bytes read before
@@ -165,10 +124,9 @@ class Side(asyncio.BufferedProtocol):
     def _pass_eof(self) -> bool:
         """Pass our EOF on to the other side; close both once both sent it."""
         peer = self.peer
-        if peer is None or peer.eof or peer.transport is None:
-            if self.transport is not None:
-                self.transport.close()
-            if peer is not None and peer.transport is not None:
+        if peer is None or peer.eof:
+            self.transport.close()
+            if peer is not None:
                 peer.transport.close()  # flushes what it has queued first
             return False
         if not peer.transport.is_closing():
@@ -192,21 +150,15 @@ class Side(asyncio.BufferedProtocol):
             self.peer.unblock("peer")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # gives back what the protocol holds
         self.proxy.sides.discard(self)
-        refill, self._refill = self._refill, None
-        if refill is not None:
-            refill.cancel()  # cancelled in alloc(), the pool keeps its buffer
-        buf, self._buf = self._buf, None
-        if buf is not None:
-            self.pool.free(buf)
         early, self._early = self._early, []
-        for data, _ in early:
-            if isinstance(data, memoryview):
-                self.pool.free(data)
+        for buf, _ in early:
+            self.pool.free(buf)
         if self.writer is not None:
             self.writer.release_sent()  # a lost transport dropped its queue
         peer = self.peer
-        if peer is not None and peer.transport is not None:
+        if peer is not None:
             if exc is None:
                 # Closed cleanly: the other side flushes what it has queued.
                 peer.transport.close()
@@ -226,30 +178,15 @@ class Side(asyncio.BufferedProtocol):
         """The other side is there: send it what was read before, read on."""
         self.peer = peer
         early, self._early = self._early, []
-        assert peer.writer is not None and peer.transport is not None
-        for data, nbytes in early:
+        assert peer.writer is not None
+        for buf, nbytes in early:
             if peer.transport.is_closing():  # nowhere to send them
-                if isinstance(data, memoryview):
-                    self.pool.free(data)
-            elif isinstance(data, memoryview):
-                peer.writer.write(data, nbytes)
+                self.pool.free(buf)
             else:
-                peer.transport.write(data)
+                peer.writer.write(buf, nbytes)
         if self.eof:
             self._pass_eof()
         self.unblock("link")
-
-    async def _wait_buffer(self) -> None:
-        """Wait in line for a buffer, then read again."""
-        buf = await self.pool.alloc()
-        # No await from here on: cancellation cannot separate us from it.
-        assert buf is not None  # GFP_KERNEL waits
-        self._refill = None
-        if self.lost.done():
-            self.pool.free(buf)
-            return
-        self._buf = buf
-        self.unblock("pool")
 
 
 async def link(proxy: Proxy, client: Side) -> None:
@@ -259,12 +196,10 @@ async def link(proxy: Proxy, client: Side) -> None:
     try:
         _, upstream = await loop.create_connection(lambda: Side(proxy), host, port)
     except OSError:
-        if client.transport is not None:
-            client.transport.abort()
+        client.transport.abort()
         return
     if client.lost.done():
-        if upstream.transport is not None:
-            upstream.transport.close()
+        upstream.transport.close()
         return
     client.linked(upstream)
     upstream.linked(client)
@@ -290,13 +225,12 @@ async def shutdown(proxy: Proxy, server: asyncio.Server) -> None:
     await asyncio.gather(*proxy.tasks, return_exceptions=True)
     sides = list(proxy.sides)
     for side in sides:
-        if side.transport is not None:
-            side.transport.close()
+        side.transport.close()
     lost = [side.lost for side in sides]
     if lost:
         _, pending = await asyncio.wait(lost, timeout=GRACE_S)
         for side in sides:
-            if not side.lost.done() and side.transport is not None:
+            if not side.lost.done():
                 side.transport.abort()  # a peer that reads nothing
         if pending:
             await asyncio.wait_for(asyncio.gather(*pending), timeout=5)
