@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +150,82 @@ async def test_echo_over_tls_is_byte_exact_and_returns_every_buffer(
     assert None not in got
     for buf in got:
         pool.free(buf)
+
+
+class SlowEcho(PooledBufferedProtocol):
+    """Hands every buffer whole to a worker that echoes it later, so that
+    buffers stay out and the pool runs dry."""
+
+    def __init__(self, pool: Mempool[memoryview], work: asyncio.Queue[Any]) -> None:
+        super().__init__(pool)
+        self.work = work
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def view_received(self, view: memoryview) -> None:
+        self.work.put_nowait((self, self.take_buffer(), len(view)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.transport.close()  # as Echo's, for Python 3.10
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+@pytest.mark.asyncio
+async def test_dry_pool_over_tls_pauses_reading_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    cert, key = make_certificate(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    pool = buffer_pool(4096, min_nr=1, max_nr=3, headroom=0)
+    work: asyncio.Queue[tuple[SlowEcho, memoryview, int]] = asyncio.Queue()
+    made: list[SlowEcho] = []
+
+    async def worker() -> None:
+        while True:
+            protocol, buf, nbytes = await work.get()
+            await asyncio.sleep(0.001)  # slower than the clients
+            if not protocol.transport.is_closing():
+                protocol.transport.write(bytes(buf[:nbytes]))
+            pool.free(buf)
+
+    def factory() -> SlowEcho:
+        made.append(SlowEcho(pool, work))
+        return made[-1]
+
+    loop = asyncio.get_running_loop()
+    consumer = asyncio.ensure_future(worker())
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+
+    async def client(seed: int) -> None:
+        data = random.Random(seed).randbytes(60_000)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+            ),
+            TIMEOUT,
+        )
+        try:
+            writer.write(data)
+            got = await asyncio.wait_for(reader.readexactly(len(data)), TIMEOUT)
+            assert got == data
+        finally:
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+
+    try:
+        await asyncio.gather(*(client(seed) for seed in range(4)))
+        await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
+    finally:
+        consumer.cancel()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+        for protocol in made:
+            if not protocol.lost.done():
+                protocol.transport.abort()
+    stats = pool.stats()
+    assert stats.waits > 0  # the pool ran dry, and connections waited
+    assert stats.outstanding == 0
