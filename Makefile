@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
 
-.PHONY: demo test lint bench bench-quick docs all-pythons clean
+.PHONY: demo test lint bench bench-quick bench-servers docs all-pythons clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ bench: $(BENCH_STAMP)
 ## bench-quick: a smoke run of the benchmarks; writes nothing into docs/
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick
+
+## bench-servers: the example servers under redis-benchmark, beside a streams
+## server and redis-server; updates docs/assets/benchmarks/servers.md
+bench-servers: $(BENCH_STAMP)
+	command -v redis-benchmark >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools; }
+	$(BIN)/python -m benchmarks.servers
 
 ## docs: run the cookbook's recipes, then build the site strictly into site/
 docs: $(DOCS_STAMP)

@@ -11,15 +11,21 @@ per run on 127.0.0.1:
   no``), or "not installed".
 
 Three runs: plain, pipelined (``-P 16``) and with 16 KiB values (``-d
-16384``). Then a burst: 2,000 connections each send a 64 KiB SET at the same
-moment and wait for their ``+OK``, against the pooled server with a bounded
+16384``), each on every server three times over, interleaved, and the median
+of the three kept (``--quick``: once, with fewer requests). Then a burst:
+2,000 connections each send a 64 KiB SET at the same moment and wait for
+their ``+OK``, against the pooled server with a bounded
 pool (``--buffer-size 65536 --max-nr 64``) and the streams baseline. For
 each server, its peak RSS (``VmHWM`` from ``/proc/PID/status``, read before
 it is stopped). Every SET of the burst is on one key, so that what is
 measured is what the server holds while reading, not what it stores.
 
-``run(quick)`` prints the table and returns its figures (JSON-able), as
-``benchmarks/suite.py`` expects.
+The table ends with the targets of the servers issue, each a ratio of two
+servers measured in the same run (PASS or MISS), and other ratios beside
+them (info). ``run(quick)`` prints it and returns its figures (JSON-able),
+as ``benchmarks/suite.py`` expects; a full run alone also writes it as
+Markdown into ``docs/assets/benchmarks/servers.md``, which the benchmark
+page shows.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,6 +62,8 @@ TESTS = ("ping", "set", "get")
 # and the table shows PING_MBULK (a RESP array, like SET and GET).
 CSV_NAMES = {"PING_MBULK": "ping", "SET": "set", "GET": "get"}
 CLIENTS = 50
+#: Full runs: each figure is the median of this many (quick runs: one).
+REPEATS = 3
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 BENCH_TIMEOUT = 120.0
@@ -251,9 +260,12 @@ def set_command(size: int) -> bytes:
         value -= len(cmd) - size
 
 
-async def burst(port: int, connections: int, command: bytes, timeout: float) -> None:
+async def burst(port: int, connections: int, command: bytes, timeout: float) -> float:
     """Open ``connections`` connections, then send ``command`` on every one
-    at once and wait for every ``+OK``."""
+    at once and wait for every ``+OK``; the seconds from the first send to
+    the last ``+OK`` (connecting 2,000 clients through a listen backlog of
+    100 can take seconds of SYN retries, on uvloop above all: not the
+    server's reading)."""
     limit = asyncio.Semaphore(64)  # the servers' listen backlog is 100
 
     async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -271,6 +283,7 @@ async def burst(port: int, connections: int, command: bytes, timeout: float) -> 
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        started_at = time.perf_counter()
         for _, writer in pairs:
             writer.write(command)
 
@@ -285,6 +298,7 @@ async def burst(port: int, connections: int, command: bytes, timeout: float) -> 
         await asyncio.wait_for(
             asyncio.gather(*(reply(r, w) for r, w in pairs)), timeout
         )
+        return time.perf_counter() - started_at
     finally:
         for _, writer in pairs:
             writer.transport.abort()
@@ -310,29 +324,55 @@ def mib(n: int | None) -> str:
 
 
 def ratio_line(
-    name: str, ratios: dict[str, float] | None, target: str, ok: bool | None
+    name: str, ratios: dict[str, float] | None, target: str | None, wanted: float
 ) -> dict[str, Any]:
+    """One ratio of the table. ``target`` is None for a figure shown beside
+    the targets, judged by nothing; otherwise ">= x" or "<= x"."""
+    ok = None
+    if ratios is not None and target is not None:
+        worst = (
+            min(ratios.values()) if target.startswith(">=") else max(ratios.values())
+        )
+        ok = worst >= wanted if target.startswith(">=") else worst <= wanted
     return {"name": name, "ratios": ratios, "target": target, "ok": ok}
 
 
 def measure(quick: bool) -> tuple[list[Row], list[Row], dict[str, Any]]:
-    rows: list[Row] = []
-    for run in RUNS:
-        n = run.quick_n if quick else run.full_n
-        for server in servers():
-            row = Row(run.key, server.key)
-            rows.append(row)
-            if server.missing:
-                row.note = server.missing
-                continue
-            try:
-                with started(server, []) as (pid, port):
-                    started_at = time.perf_counter()
-                    row.rps = redis_benchmark(port, run, n)
-                    row.seconds = time.perf_counter() - started_at
-                    row.peak_rss = peak_rss(pid)
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                row.note = f"failed: {exc}"[:200]
+    """Every run on every server, ``REPEATS`` times interleaved (so that a
+    slow spell of the machine hits them alike); each figure is the median
+    of its repeats, each peak RSS the highest."""
+    repeats = 1 if quick else REPEATS
+    rows = [Row(run.key, server.key) for run in RUNS for server in servers()]
+    samples: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for _ in range(repeats):
+        for run in RUNS:
+            n = run.quick_n if quick else run.full_n
+            for server in servers():
+                row = next(
+                    r for r in rows if (r.run, r.server) == (run.key, server.key)
+                )
+                if server.missing:
+                    row.note = server.missing
+                    continue
+                if row.note:
+                    continue  # failed once: not run again
+                try:
+                    with started(server, []) as (pid, port):
+                        started_at = time.perf_counter()
+                        rps = redis_benchmark(port, run, n)
+                        seconds = time.perf_counter() - started_at
+                        rss = peak_rss(pid)
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    row.note = f"failed: {exc}"[:200]
+                    continue
+                samples.setdefault((run.key, server.key), []).append(rps)
+                row.seconds = (row.seconds or 0.0) + seconds
+                if rss is not None:
+                    row.peak_rss = max(row.peak_rss or 0, rss)
+    for row in rows:
+        got = samples.get((row.run, row.server))
+        if got and not row.note:
+            row.rps = {t: statistics.median(s[t] for s in got) for t in TESTS}
 
     limit = raise_nofile()
     conns = min(BURST_CONNECTIONS, max(0, limit - 64))
@@ -349,72 +389,102 @@ def measure(quick: bool) -> tuple[list[Row], list[Row], dict[str, Any]]:
         extra = BURST_POOL if server.key.startswith("pooled") else []
         try:
             with started(server, extra) as (pid, port):
-                started_at = time.perf_counter()
-                asyncio.run(burst(port, conns, command, BURST_TIMEOUT[quick]))
-                row.seconds = time.perf_counter() - started_at
+                row.seconds = asyncio.run(
+                    burst(port, conns, command, BURST_TIMEOUT[quick])
+                )
                 row.peak_rss = peak_rss(pid)
         except asyncio.TimeoutError:
             row.note = f"failed: not every +OK within {BURST_TIMEOUT[quick]:.0f} s"
         except (RuntimeError, OSError, subprocess.SubprocessError, EOFError) as exc:
             row.note = f"failed: {type(exc).__name__}: {exc}"[:200]
-    info = {"connections": conns, "command_bytes": len(command), "n": {}}
-    for run in RUNS:
-        info["n"][run.key] = run.quick_n if quick else run.full_n
+    requests = {run.key: run.quick_n if quick else run.full_n for run in RUNS}
+    info: dict[str, Any] = {
+        "connections": conns,
+        "command_bytes": len(command),
+        "n": requests,
+    }
     return rows, bursts, info
 
 
 def targets(rows: list[Row], bursts: list[Row]) -> list[dict[str, Any]]:
+    """The servers issue's targets, then the other ratios worth a look."""
+
     def rps(run: str, server: str) -> dict[str, float] | None:
         for row in rows:
             if row.run == run and row.server == server and row.rps:
                 return row.rps
         return None
 
-    def ratios(
-        a: dict[str, float] | None, b: dict[str, float] | None
-    ) -> dict[str, float] | None:
-        if a is None or b is None:
+    def ratios(run: str, a: str, b: str) -> dict[str, float] | None:
+        x, y = rps(run, a), rps(run, b)
+        if x is None or y is None:
             return None
-        return {t: a[t] / b[t] for t in TESTS}
+        return {t: x[t] / y[t] for t in TESTS}
 
-    out = []
-    r = ratios(rps("pipelined", "pooled_uvloop"), rps("pipelined", "streams_asyncio"))
-    out.append(
+    peaks = {row.server: row.peak_rss for row in bursts if not row.note}
+
+    def rss(loop: str) -> dict[str, float] | None:
+        pooled, streams = peaks.get(f"pooled_{loop}"), peaks.get(f"streams_{loop}")
+        return None if not pooled or not streams else {"rss": pooled / streams}
+
+    return [
         ratio_line(
             "-P 16: pooled (uvloop) / streams (asyncio)",
-            r,
+            ratios("pipelined", "pooled_uvloop", "streams_asyncio"),
             ">= 3",
-            None if r is None else min(r.values()) >= 3,
-        )
-    )
-    for run, label in (("plain", "-c 50"), ("values_16k", "-d 16384")):
-        for loop in ("uvloop", "asyncio"):
-            r = ratios(rps(run, f"pooled_{loop}"), rps(run, "redis"))
-            out.append(
-                ratio_line(
-                    f"{label}: pooled ({loop}) / redis-server",
-                    r,
-                    ">= 0.9",
-                    None if r is None else min(r.values()) >= 0.9,
-                )
-            )
-    peaks = {row.server: row.peak_rss for row in bursts if not row.note}
-    for loop in ("asyncio", "uvloop"):
-        pooled, streams = peaks.get(f"pooled_{loop}"), peaks.get(f"streams_{loop}")
-        r = None if not pooled or not streams else {"rss": pooled / streams}
-        out.append(
-            ratio_line(
-                f"burst peak RSS: pooled ({loop}) / streams ({loop})",
-                r,
-                "<= 0.3",
-                None if r is None else r["rss"] <= 0.3,
-            )
-        )
-    return out
+            3,
+        ),
+        ratio_line(
+            "-d 16384: pooled (uvloop) / redis-server",
+            ratios("values_16k", "pooled_uvloop", "redis"),
+            ">= 0.9",
+            0.9,
+        ),
+        ratio_line(
+            "burst peak RSS: pooled (asyncio) / streams (asyncio)",
+            rss("asyncio"),
+            "<= 0.3",
+            0.3,
+        ),
+        ratio_line(
+            "burst peak RSS: pooled (uvloop) / streams (uvloop)",
+            rss("uvloop"),
+            "<= 0.3",
+            0.3,
+        ),
+        # Beside the targets: the other loop, and small values.
+        ratio_line(
+            "-P 16: pooled (asyncio) / streams (asyncio)",
+            ratios("pipelined", "pooled_asyncio", "streams_asyncio"),
+            None,
+            0,
+        ),
+        ratio_line(
+            "-d 16384: pooled (asyncio) / redis-server",
+            ratios("values_16k", "pooled_asyncio", "redis"),
+            None,
+            0,
+        ),
+        ratio_line(
+            "-c 50: pooled (uvloop) / redis-server",
+            ratios("plain", "pooled_uvloop", "redis"),
+            None,
+            0,
+        ),
+        ratio_line(
+            "-c 50: pooled (asyncio) / redis-server",
+            ratios("plain", "pooled_asyncio", "redis"),
+            None,
+            0,
+        ),
+    ]
 
 
 def print_table(
-    rows: list[Row], bursts: list[Row], lines: list[dict[str, Any]], info: dict
+    rows: list[Row],
+    bursts: list[Row],
+    lines: list[dict[str, Any]],
+    info: dict[str, Any],
 ) -> None:
     labels = {s.key: s.label for s in servers()}
     runs = {run.key: run.label for run in RUNS}
@@ -441,34 +511,100 @@ def print_table(
         if row.note:
             print(f"{burst_label:<16} {labels[row.server]:<18} {row.note[:67]}")
             continue
-        pool = " (pool 64x64 KiB)" if row.server.startswith("pooled") else ""
-        secs = f"all +OK in {row.seconds:.2f} s{pool}"
         print(
-            f"{burst_label:<16} {labels[row.server]:<18} {secs:<32} "
+            f"{burst_label:<16} {labels[row.server]:<18} {burst_text(row):<32} "
             f"{mib(row.peak_rss):>11}"
         )
-    print("\nServer targets (the smallest of ping/set/get is judged)")
+    print("\nServer targets (the worst of ping/set/get is judged)")
     for line in lines:
-        r = line["ratios"]
-        if r is None:
-            shown, verdict = "n/a", "n/a"
-        else:
-            shown = "  ".join(f"{k} {v:.2f}" for k, v in r.items())
-            verdict = "PASS" if line["ok"] else "MISS"
-        print(f"  {line['name']:<52} {shown:<32} {line['target']:<8} {verdict}")
+        shown, verdict = ratio_text(line)
+        target = line["target"] or "-"
+        print(f"  {line['name']:<52} {shown:<32} {target:<8} {verdict}")
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Measure, print the table, return the figures."""
+def burst_text(row: Row) -> str:
+    pool = " (pool 64x64 KiB)" if row.server.startswith("pooled") else ""
+    return f"all +OK {row.seconds:.2f} s after sending{pool}"
+
+
+def ratio_text(line: dict[str, Any]) -> tuple[str, str]:
+    """A ratio line's figures, and its verdict: PASS, MISS, n/a, or info
+    for a figure that no target judges."""
+    r = line["ratios"]
+    if r is None:
+        return "n/a", "n/a"
+    shown = "  ".join(f"{k} {v:.2f}" for k, v in r.items())
+    if line["target"] is None:
+        return shown, "info"
+    return shown, "PASS" if line["ok"] else "MISS"
+
+
+def markdown(
+    rows: list[Row],
+    bursts: list[Row],
+    lines: list[dict[str, Any]],
+    info: dict[str, Any],
+) -> str:
+    """The table as docs/benchmarks.md includes it."""
+    labels = {s.key: s.label for s in servers()}
+    runs = {run.key: run.label for run in RUNS}
+    out = [
+        f"Run on {info['machine']}, {time.strftime('%Y-%m-%d')}; "
+        f"`{' '.join(info['command'])}`.",
+        "",
+        "| run | server | ping | set | get | peak RSS |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        if row.note:
+            out.append(f"| {runs[row.run]} | {labels[row.server]} | {row.note} ||||")
+            continue
+        nums = " | ".join(f"{row.rps[t]:,.0f}" for t in TESTS)
+        out.append(
+            f"| `{runs[row.run]}` | {labels[row.server]} | {nums} "
+            f"| {mib(row.peak_rss)} |"
+        )
+    for row in bursts:
+        label = f"burst {info['connections']} x 64 KiB SET"
+        text = row.note or burst_text(row)
+        out.append(
+            f"| {label} | {labels[row.server]} | {text} ||| {mib(row.peak_rss)} |"
+        )
+    out += ["", "| ratio (worst of ping/set/get) | measured | target | |"]
+    out.append("| --- | --- | --- | --- |")
+    for line in lines:
+        shown, verdict = ratio_text(line)
+        target = line["target"] or "-"
+        out.append(f"| `{line['name']}` | {shown} | {target} | {verdict} |")
+    return "\n".join(out) + "\n"
+
+
+def machine() -> str:
+    """What the figures were measured on, in a few words."""
+    cpus = os.cpu_count() or 0
+    impl = sys.implementation.name
+    version = ".".join(map(str, sys.version_info[:3]))
+    return f"{cpus} CPUs, {impl} {version}"
+
+
+def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
+    """Measure, print the table, return the figures; with ``out``, write
+    the table as Markdown there too (``servers.md``)."""
     started_at = time.perf_counter()
     if shutil.which("redis-benchmark") is None:
         print("\nserver figures: redis-benchmark is not installed (redis-tools)")
         return {"error": "redis-benchmark not installed"}
     rows, bursts, info = measure(quick)
+    info["machine"] = machine()
+    info["command"] = ["python", "-m", "benchmarks.servers", *(["--quick"] * quick)]
     lines = targets(rows, bursts)
     print_table(rows, bursts, lines, info)
     seconds = time.perf_counter() - started_at
     print(f"(server figures in {seconds:.0f} s)")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "servers.md").write_text(markdown(rows, bursts, lines, info))
+        print(f"table written to {out / 'servers.md'}")
     return {
         "mode": "quick" if quick else "full",
         "clients": CLIENTS,
@@ -502,8 +638,18 @@ def main() -> None:
         prog="python -m benchmarks.servers", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="small runs")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the table there as servers.md (a full run without it "
+        "writes into docs/assets/benchmarks; --quick writes nothing)",
+    )
     args = parser.parse_args()
-    run(args.quick)
+    out = args.out
+    if out is None and not args.quick:
+        out = ROOT / "docs" / "assets" / "benchmarks"
+    run(args.quick, out)
 
 
 if __name__ == "__main__":
