@@ -23,7 +23,9 @@ from collections.abc import Callable
 from aiomempool import Mempool, PooledBufferedProtocol, buffer_pool
 
 # The headers of a command: "*3\r\n" (an array of 3 arguments), then
-# "$5\r\n" before each argument (a bulk string of 5 bytes).
+# "$5\r\n" before each argument (a bulk string of 5 bytes). HEAD matches
+# the array's header and its first argument's at once.
+HEAD = re.compile(rb"\*(\d{1,10})\r\n\$(\d{1,10})\r\n").match
 ARRAY = re.compile(rb"\*(\d{1,10})\r\n").match
 BULK = re.compile(rb"\$(\d{1,10})\r\n").match
 # What a header cut by the end of a read may look like.
@@ -56,22 +58,18 @@ def unbulk(reply: bytes) -> bytes:
 
 def parse_command(view: memoryview, pos: int) -> tuple[list[memoryview], int] | None:
     """The command at ``pos`` (slices of ``view``) and where it ends, or
-    None if it is incomplete. The common case, whole headers, is one regex
-    match per header; the rest is in ``parse_rare()``."""
-    m = ARRAY(view, pos)
+    None if it is incomplete. The common case, whole headers, costs one
+    regex match per argument; the rest is in ``parse_rare()``."""
+    m = HEAD(view, pos)
     if m is None:
-        return parse_rare(view, pos, b"*")
+        return parse_rare(view, pos)
     nargs = int(m[1])
     if nargs > MAX_ARGS:
         raise ProtocolError("too many arguments")
-    pos = m.end()
+    size = int(m[2])
     end = len(view)
     args: list[memoryview] = []
-    for _ in range(nargs):
-        m = BULK(view, pos)
-        if m is None:
-            return parse_rare(view, pos, b"$")
-        size = int(m[1])
+    while True:
         if size > MAX_BULK:
             raise ProtocolError("bulk string too long")
         start = m.end()
@@ -81,23 +79,32 @@ def parse_command(view: memoryview, pos: int) -> tuple[list[memoryview], int] | 
         if view[pos - 2] != 13 or view[pos - 1] != 10:
             raise ProtocolError("bulk string not followed by CRLF")
         args.append(view[start : pos - 2])
-    return args, pos
+        if len(args) == nargs:
+            return args, pos
+        m = BULK(view, pos)
+        if m is None:
+            return cut_bulk(view, pos)
+        size = int(m[1])
 
 
-def parse_rare(
-    view: memoryview, pos: int, marker: bytes
-) -> tuple[list[memoryview], int] | None:
-    """At ``pos``, where a ``marker`` header was expected and is not whole:
-    the end of the read, a header cut by it, an inline command ("PING\r\n",
-    when ``marker`` is "*"), or a protocol error."""
+def parse_rare(view: memoryview, pos: int) -> tuple[list[memoryview], int] | None:
+    """At ``pos``, where no array header with a whole first argument header
+    follows: the end of the read, a header cut by it, an empty array, an
+    inline command ("PING\r\n"), or a protocol error."""
     if pos >= len(view):
         return None
-    if view[pos : pos + 1] == marker:
+    m = ARRAY(view, pos)
+    if m is not None:
+        nargs = int(m[1])
+        if nargs > MAX_ARGS:
+            raise ProtocolError("too many arguments")
+        if nargs == 0:
+            return [], m.end()
+        return cut_bulk(view, m.end())
+    if view[pos] == 0x2A:  # "*"
         if CUT_HEADER(view, pos):
             return None
-        raise ProtocolError(f"expected '{marker.decode()}' and a length")
-    if marker == b"$":
-        raise ProtocolError("expected '$' and a length")
+        raise ProtocolError("expected '*' and a length")
     m = CRLF(view, pos, pos + MAX_INLINE)
     if m is None:
         if len(view) - pos >= MAX_INLINE:
@@ -105,6 +112,14 @@ def parse_rare(
         return None
     line = bytes(view[pos : m.start()])
     return [memoryview(arg) for arg in line.split()], m.end()
+
+
+def cut_bulk(view: memoryview, pos: int) -> None:
+    """None if the read ends at ``pos``, or in a bulk string's header there;
+    a protocol error otherwise."""
+    if pos >= len(view) or (view[pos] == 0x24 and CUT_HEADER(view, pos)):  # "$"
+        return None
+    raise ProtocolError("expected '$' and a length")
 
 
 class Store:
