@@ -32,6 +32,11 @@ Reading is paused while either reason holds, and resumed only once neither
 does: the user's (``pause_reading()``, ``_paused``) and the pool's (a task
 waits for a buffer, ``_waiter``). The transports' own calls do not nest, so
 the user must pause through the protocol.
+
+Bytes in ``_buf`` that ``view_received()`` has not seen (``_unseen``, the
+first ``_fill`` bytes): those of a dry pool's wait, until the next read or
+``_flush()``; those read while the user pauses, until ``resume_reading()``.
+The end of the stream delivers them in any case.
 """
 
 from __future__ import annotations
@@ -200,6 +205,12 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         Call these two rather than the transport's: the protocol pauses
         reading as well while it waits for a buffer of a dry pool, and
         resumes only once neither reason holds.
+
+        While paused, ``view_received()`` is not called: bytes the transport
+        reads all the same (uvloop reads once after a ``pause_reading()`` in
+        ``connection_made()``; asyncio's loops do not) wait in the buffer,
+        and ``resume_reading()`` delivers them first. Only a read that would
+        fill the buffer, or the end of the stream, is delivered at once.
         """
         self._paused = True
         if not self.transport.is_closing():
@@ -207,9 +218,15 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
 
     def resume_reading(self) -> None:
         """Undo ``pause_reading()``: reading resumes, unless the protocol
-        still waits for a buffer (it resumes reading once it has one)."""
+        still waits for a buffer (it resumes reading once it has one).
+        Bytes read while paused are delivered first, from a callback soon
+        after (not from within this call)."""
         self._paused = False
-        if self._waiter is None and not self._lost and not self.transport.is_closing():
+        if self._unseen:
+            asyncio.get_running_loop().call_soon(self._resume_held)
+        elif (
+            self._waiter is None and not self._lost and not self.transport.is_closing()
+        ):
             self.transport.resume_reading()
 
     def release_kept(self) -> None:
@@ -262,7 +279,16 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         """Hand the bytes read to ``view_received()``, or if they are in the
         fallback buffer, save them and queue for a pool buffer."""
         self._fresh = False
-        if self._buf is not None:
+        buf = self._buf
+        if buf is not None:
+            if self._paused and self._fill + nbytes < len(buf) and not self._lost:
+                # Read although paused (uvloop, right after connection_made()):
+                # held, unseen, until resume_reading(). Paused again, for a
+                # transport that started reading over the pause.
+                self._fill += nbytes
+                self._unseen = True
+                self.transport.pause_reading()
+                return
             self._deliver(nbytes)
             return
         assert self._fallback is not None  # get_buffer() returned it
@@ -272,8 +298,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self._waiter = asyncio.get_running_loop().create_task(self._wait())
 
     def eof_received(self) -> bool | None:
-        """Deliver bytes read while the pool was dry that no read has
-        delivered yet (see ``_wait()``), before the end of the stream.
+        """Deliver bytes not delivered yet (read while the pool was dry, or
+        while paused) before the end of the stream, paused or not.
         Overrides must call ``super().eof_received()`` first."""
         if self._unseen and not self._lost:
             self._deliver(0)
@@ -396,15 +422,17 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         finally:
             if self._waiter is asyncio.current_task():
                 self._waiter = None
+        if self._lost or self._paused or self.transport.is_closing():
+            return  # resume_reading() delivers what is unseen
         if self._unseen:
             asyncio.get_running_loop().call_soon(self._flush, FLUSH_HOPS)
-        if not self._lost and not self._paused and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self.transport.resume_reading()
 
     def _flush(self, hops: int) -> None:
         """Deliver the unseen bytes ``_wait()`` left, if no read has come
-        within ``hops`` more loop iterations."""
-        if not self._unseen or self._lost:
+        within ``hops`` more loop iterations (and the user has not paused
+        since: then ``resume_reading()`` will)."""
+        if not self._unseen or self._lost or self._paused:
             return
         if hops:
             asyncio.get_running_loop().call_soon(self._flush, hops - 1)
@@ -413,6 +441,22 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self._deliver(0)
         except Exception as exc:
             self._failed(exc)
+
+    def _resume_held(self) -> None:
+        """For ``resume_reading()``: deliver the bytes held while paused,
+        then resume reading unless paused again or waiting for a buffer."""
+        if self._paused or self._lost:
+            return
+        if self._unseen:
+            try:
+                self._deliver(0)
+            except Exception as exc:
+                self._failed(exc)
+                return
+        if self._paused or self._waiter is not None or self._lost:
+            return
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _failed(self, exc: Exception) -> None:
         """``view_received()`` raised outside a transport's callback: as a

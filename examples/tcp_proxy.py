@@ -100,9 +100,11 @@ class Side(PooledBufferedProtocol):
     def view_received(self, view: memoryview) -> None:
         peer = self.peer
         if peer is None and "link" in self._blocked:
-            # Read before the other side is there: uvloop starts reading
-            # accepted connections after connection_made(), paused or not.
-            # Kept, in order, until linked(); reading paused again meanwhile.
+            # Read before the other side is there (uvloop reads accepted
+            # connections once, paused or not): the protocol holds such bytes
+            # until linked() resumes reading, but for a read that fills a
+            # buffer and the end of the stream, delivered here. Kept, in
+            # order, until linked().
             self._early.append((self.take_buffer(), len(view)))
             self.pause_reading()
             return

@@ -610,9 +610,11 @@ async def test_a_buffer_arriving_keeps_reading_paused_while_the_user_pauses() ->
     protocol.pause_reading()  # and the peer reads too slowly
     pool.free(held)
     await settle()
-    assert protocol.got == [b"one"] and not transport.reading
+    # Held in the buffer, unseen while paused.
+    assert protocol.got == [] and not transport.reading
     protocol.resume_reading()
-    assert transport.reading
+    await settle()
+    assert protocol.got == [b"one"] and transport.reading
     protocol.connection_lost(None)
     all_back(pool, 1)
 
@@ -732,3 +734,82 @@ async def test_an_overloaded_server_fills_every_buffer_a_slow_worker_frees() -> 
     # At 256 bytes a buffer this would be 4,096 items.
     assert items <= clients * each // 2048, items
     await until(outstanding_is(pool, 0))
+
+
+# -- paused by the user: nothing delivered until resume_reading() ------------------
+
+
+@pytest.mark.asyncio
+async def test_pause_reading_in_connection_made_holds_what_uvloop_reads_anyway() -> (
+    None
+):
+    # uvloop starts reading accepted connections after connection_made(),
+    # paused or not: without the hold, view_received() ran while paused.
+    pool = buffer_pool(1024, min_nr=1, max_nr=4)
+
+    class Gated(Recorder):
+        def __init__(self) -> None:
+            super().__init__(pool)
+            self.got: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.pause_reading()
+
+        def view_received(self, view: memoryview) -> None:
+            self.got.append(bytes(view))
+
+    async with serve(Gated) as (port, made):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"early bytes")
+        await asyncio.sleep(0.05)
+        (protocol,) = made
+        assert isinstance(protocol, Gated)
+        assert protocol.got == []
+        protocol.resume_reading()
+        await until(lambda: b"".join(protocol.got) == b"early bytes")
+        writer.write(b", and more")
+        await until(lambda: b"".join(protocol.got) == b"early bytes, and more")
+        await close(writer)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_bytes_read_while_paused_wait_for_resume_reading() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=4)
+    transport = FakeTransport()
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(transport)
+    protocol.pause_reading()
+    transport.reading = True  # a transport that reads over the pause
+    feed(protocol, b"abc")
+    assert protocol.got == [] and not transport.reading  # held, paused again
+    feed(protocol, b"de")
+    assert protocol.got == [] and pool.stats().outstanding == 1
+    protocol.resume_reading()
+    assert protocol.got == [] and not transport.reading  # from a callback
+    protocol.pause_reading()  # paused again before it ran: still held
+    await settle()
+    assert protocol.got == []
+    protocol.resume_reading()
+    await settle()
+    assert protocol.got == [b"abcde"] and transport.reading
+    assert pool.stats().outstanding == 0
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_read_that_fills_the_buffer_or_the_end_is_delivered_paused() -> None:
+    pool = buffer_pool(8, min_nr=1, max_nr=4)
+    transport = FakeTransport()
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(transport)
+    protocol.pause_reading()
+    feed(protocol, b"abc")
+    feed(protocol, b"defgh")  # the buffer is full: no room left to hold in
+    assert protocol.got == [b"abcdefgh"]
+    feed(protocol, b"xy")
+    assert protocol.eof_received() is None  # the end: delivered, paused or not
+    assert protocol.got == [b"abcdefgh", b"xy"]
+    protocol.connection_lost(None)
+    all_back(pool, 1)
