@@ -272,7 +272,10 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         sweeper = self._sweeper
         if sweeper is None:  # get_buffer() before connection_made()
             sweeper = self._sweeper = _sweeper(asyncio.get_running_loop())
-        sweeper.add(self)
+        protocols = sweeper.protocols  # _Sweeper's only mutator, inlined
+        if not protocols:
+            asyncio.get_running_loop().call_soon(sweeper.run)
+        protocols.append(self)
         return buf
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -475,25 +478,28 @@ class _Sweeper:
     """The protocols of one loop whose get_buffer() took a fresh buffer in
     the loop's current iteration. One callback per iteration sweeps them
     all, however many connections read (a call_soon() per read would cost
-    more than the read's own bookkeeping)."""
+    more than the read's own bookkeeping). get_buffer() appends to
+    ``protocols``, and schedules ``run()`` when it finds the list empty:
+    ``protocols`` is not empty exactly while ``run()`` is scheduled."""
 
     __slots__ = ("protocols",)
 
     def __init__(self) -> None:
         self.protocols: list[PooledBufferedProtocol] = []
 
-    def add(self, protocol: PooledBufferedProtocol) -> None:
-        """Sweep ``protocol`` once the loop's current callbacks are over;
-        called in the loop."""
-        protocols = self.protocols
-        if not protocols:
-            asyncio.get_running_loop().call_soon(self.run)
-        protocols.append(protocol)
-
     def run(self) -> None:
         protocols, self.protocols = self.protocols, []
         for protocol in protocols:
-            protocol._sweep()
+            try:
+                protocol._sweep()
+            except Exception as exc:  # one pool's failure spares the others
+                asyncio.get_running_loop().call_exception_handler(
+                    {
+                        "message": "PooledBufferedProtocol: giving back failed",
+                        "exception": exc,
+                        "protocol": protocol,
+                    }
+                )
 
 
 #: One sweeper per loop (it holds no reference to the loop, which may go).

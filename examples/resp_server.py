@@ -142,8 +142,9 @@ class Store:
             b"CONFIG": self.config,
         }
 
+    # memoryview.tobytes() copies, as bytes() does, in half the time.
     def execute(self, args: list[memoryview]) -> bytes:
-        name = bytes(args[0])
+        name = args[0].tobytes()
         command = self.commands.get(name)  # as clients send them, "GET"
         if command is None:
             name = name.upper()  # "get", "Get"
@@ -166,22 +167,22 @@ class Store:
     def set(self, args: list[memoryview]) -> bytes:
         if len(args) != 3:
             raise IndexError
-        self.data[bytes(args[1])] = bulk(args[2])
+        self.data[args[1].tobytes()] = bulk(args[2])
         return OK
 
     def get(self, args: list[memoryview]) -> bytes:
-        return self.data.get(bytes(args[1]), NIL)
+        return self.data.get(args[1].tobytes(), NIL)
 
     def delete(self, args: list[memoryview]) -> bytes:
         if len(args) < 2:
             raise IndexError
         data = self.data
         return b":%d\r\n" % sum(
-            data.pop(bytes(key), None) is not None for key in args[1:]
+            data.pop(key.tobytes(), None) is not None for key in args[1:]
         )
 
     def incr(self, args: list[memoryview]) -> bytes:
-        key = bytes(args[1])
+        key = args[1].tobytes()
         try:
             value = int(unbulk(self.data.get(key, b"$1\r\n0\r\n"))) + 1
         except ValueError:
@@ -192,9 +193,9 @@ class Store:
         return b":%d\r\n" % value
 
     def config(self, args: list[memoryview]) -> bytes:
-        if bytes(args[1]).upper() != b"GET" or len(args) != 3:
+        if args[1].tobytes().upper() != b"GET" or len(args) != 3:
             return b"-ERR only CONFIG GET parameter is supported\r\n"
-        name = bytes(args[2]).lower()
+        name = args[2].tobytes().lower()
         value = CONFIG.get(name)
         if value is None:
             return b"*0\r\n"

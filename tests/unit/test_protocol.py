@@ -813,3 +813,28 @@ async def test_a_read_that_fills_the_buffer_or_the_end_is_delivered_paused() -> 
     assert protocol.got == [b"abcdefgh", b"xy"]
     protocol.connection_lost(None)
     all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_a_pool_failing_to_take_a_buffer_back_spares_the_others() -> None:
+    def refuse(buf: memoryview, _: object) -> None:
+        raise RuntimeError("free_fn failed")
+
+    # The reserve is full: a buffer freed goes to free_fn, which raises.
+    failing = Mempool(1, lambda mask, size: memoryview(bytearray(size)), refuse, 64)
+    pool = buffer_pool(64, min_nr=1, max_nr=4)
+    seen: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+    try:
+        first, second = Keeper(failing, keep=False), Keeper(pool, keep=False)
+        for protocol in (first, second):
+            protocol.connection_made(FakeTransport())
+            protocol.get_buffer(-1)  # no read follows: both swept together
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert pool.stats().outstanding == 0  # swept despite the first failing
+    assert [str(c["exception"]) for c in seen] == ["free_fn failed"]
+    assert seen[0]["protocol"] is first
+    second.connection_lost(None)
