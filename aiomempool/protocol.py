@@ -78,11 +78,13 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     read gets the room left in a buffer of the pool's size.
 
     When the pool is dry, the few bytes already on their way are read into
-    a small fallback buffer of the protocol's (copied into a pool buffer
-    before the user sees them), reading is paused, and a task waits in
-    ``await pool.alloc()``; once it has a buffer, it delivers those bytes
-    and resumes reading. Nothing is dropped, and connections get buffers in
-    the order they ran out. For pauses of your own (write backpressure),
+    a small fallback buffer of the protocol's, reading is paused, and a task
+    waits in ``await pool.alloc()``. Once it has a buffer, it copies those
+    bytes to its start and resumes reading: the next read fills the rest,
+    and the user sees them all in one view (or these bytes alone, two loop
+    iterations later, if no read comes). Nothing is dropped, connections get
+    buffers in the order they ran out, and a buffer won under overload
+    carries a full read. For pauses of your own (write backpressure),
     call the protocol's ``pause_reading()`` and ``resume_reading()``, which
     compose with that wait; the transport's do not.
 
@@ -123,8 +125,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._sweeper: _Sweeper | None = None  # set by connection_made()
         self._paused = False  # by pause_reading()
         self._taken = False  # take_buffer() in this view_received()
-        # _fill bytes of _buf that view_received() has not seen: the last
-        # read before a dry pool's wait (see _wait()).
+        # The _fill bytes of _buf are not seen by view_received() yet: read
+        # while the pool was dry (see _wait()), or while paused.
         self._unseen = False
 
     def __repr__(self) -> str:
@@ -141,9 +143,11 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
 
         ``view`` holds the bytes kept by the last ``keep_buffer()`` if any,
         followed by those just received. It is valid only until this method
-        returns (it is released then, and the buffer goes back to the pool),
-        unless ``keep_buffer()`` was called. Must not await: it is called
-        from ``buffer_updated()``, or from the task that waited for a buffer.
+        returns (it is released then, and the buffer goes back to the pool,
+        unless ``keep_buffer()`` or ``take_buffer()`` was called). Must not
+        await: it is called from ``buffer_updated()`` or ``eof_received()``,
+        from the task that waited for a buffer, or from a callback of the
+        loop's (bytes held while paused, or while the pool was dry).
         """
         raise NotImplementedError(
             f"{type(self).__name__} must override view_received(view)"
@@ -340,16 +344,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         finally:
             self._end = None
             keep = self._keep
-            if self._taken:
-                # The user's now: the view dies, the buffer stays theirs.
-                self._taken = False
-                self._buf = None
-                self._fill = 0
-                try:  # noqa: SIM105
-                    view.release()
-                except BufferError:
-                    pass
-            elif keep is None or keep >= end:
+            taken = self._taken
+            if taken or keep is None or keep >= end:
                 # The user's view dies first, so that debug mode can take the
                 # buffer back now unless the user exported it.
                 # Not contextlib.suppress(): this runs on every read.
@@ -359,7 +355,10 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                     pass
                 self._buf = None
                 self._fill = 0
-                self.pool.free(buf)
+                if taken:
+                    self._taken = False  # the user's now, to free or hand on
+                else:
+                    self.pool.free(buf)
             else:
                 self._keep = None
                 if keep == 0 and end == len(buf):
