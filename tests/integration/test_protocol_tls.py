@@ -12,6 +12,8 @@ import random
 import shutil
 import ssl
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pytest
 from aiomempool import GFP_ATOMIC, Mempool, PooledBufferedProtocol, buffer_pool
 
 TIMEOUT = 10.0
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
@@ -98,45 +101,49 @@ class Echo(PooledBufferedProtocol):
             self.lost.set_result(None)
 
 
-@pytest.mark.asyncio
-async def test_echo_over_tls_is_byte_exact_and_returns_every_buffer(
-    tmp_path: Path,
-) -> None:
+class SlowEcho(Echo):
+    """Hands every buffer whole to a worker that echoes it later, so that
+    buffers stay out and the pool runs dry."""
+
+    def __init__(self, pool: Mempool[memoryview], work: asyncio.Queue[Any]) -> None:
+        super().__init__(pool)
+        self.work = work
+
+    def view_received(self, view: memoryview) -> None:
+        self.work.put_nowait((self, self.take_buffer(), len(view)))
+
+
+@asynccontextmanager
+async def tls_server(
+    tmp_path: Path, factory: Callable[[], Echo]
+) -> AsyncIterator[Callable[[], Awaitable[Streams]]]:
+    """A TLS server on 127.0.0.1 with a certificate made for the test;
+    yields a function that connects a client to it. On exit, every
+    connection must end; the server is closed."""
     cert, key = make_certificate(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))
-    pool = buffer_pool(4096, min_nr=2, max_nr=32)
     made: list[Echo] = []
 
-    def factory() -> Echo:
-        made.append(Echo(pool))
+    def make() -> Echo:
+        made.append(factory())
         return made[-1]
 
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
+    server = await loop.create_server(make, "127.0.0.1", 0, ssl=server_ctx)
     port = server.sockets[0].getsockname()[1]
 
-    async def client(seed: int) -> None:
-        rng = random.Random(seed)
-        reader, writer = await asyncio.wait_for(
+    async def connect() -> Streams:
+        return await asyncio.wait_for(
             asyncio.open_connection(
                 "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
             ),
             TIMEOUT,
         )
-        try:
-            for size in (1, 100, 4095, 4096, 4097, 20_000, 100_000, 17):
-                data = rng.randbytes(size)
-                writer.write(data)
-                got = await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
-                assert got == data
-        finally:
-            writer.close()
-            await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
 
     try:
-        await asyncio.gather(*(client(seed) for seed in range(3)))
+        yield connect
         await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
     finally:
         server.close()
@@ -144,7 +151,33 @@ async def test_echo_over_tls_is_byte_exact_and_returns_every_buffer(
         for protocol in made:
             if not protocol.lost.done():
                 protocol.transport.abort()
-    assert len(made) == 3
+
+
+async def close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+
+
+@pytest.mark.asyncio
+async def test_echo_over_tls_is_byte_exact_and_returns_every_buffer(
+    tmp_path: Path,
+) -> None:
+    pool = buffer_pool(4096, min_nr=2, max_nr=32)
+
+    async def client(connect: Callable[[], Awaitable[Streams]], seed: int) -> None:
+        rng = random.Random(seed)
+        reader, writer = await connect()
+        try:
+            for size in (1, 100, 4095, 4096, 4097, 20_000, 100_000, 17):
+                data = rng.randbytes(size)
+                writer.write(data)
+                got = await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
+                assert got == data
+        finally:
+            await close(writer)
+
+    async with tls_server(tmp_path, lambda: Echo(pool)) as connect:
+        await asyncio.gather(*(client(connect, seed) for seed in range(3)))
     assert pool.stats().outstanding == 0
     got = [pool.alloc_nowait(GFP_ATOMIC) for _ in range(32)]
     assert None not in got
@@ -152,36 +185,12 @@ async def test_echo_over_tls_is_byte_exact_and_returns_every_buffer(
         pool.free(buf)
 
 
-class SlowEcho(PooledBufferedProtocol):
-    """Hands every buffer whole to a worker that echoes it later, so that
-    buffers stay out and the pool runs dry."""
-
-    def __init__(self, pool: Mempool[memoryview], work: asyncio.Queue[Any]) -> None:
-        super().__init__(pool)
-        self.work = work
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def view_received(self, view: memoryview) -> None:
-        self.work.put_nowait((self, self.take_buffer(), len(view)))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.transport.close()  # as Echo's, for Python 3.10
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-
 @pytest.mark.asyncio
 async def test_dry_pool_over_tls_pauses_reading_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
-    cert, key = make_certificate(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(cafile=str(cert))
     pool = buffer_pool(4096, min_nr=1, max_nr=3, headroom=0)
     work: asyncio.Queue[tuple[SlowEcho, memoryview, int]] = asyncio.Queue()
-    made: list[SlowEcho] = []
 
     async def worker() -> None:
         while True:
@@ -191,41 +200,22 @@ async def test_dry_pool_over_tls_pauses_reading_and_loses_nothing(
                 protocol.transport.write(bytes(buf[:nbytes]))
             pool.free(buf)
 
-    def factory() -> SlowEcho:
-        made.append(SlowEcho(pool, work))
-        return made[-1]
-
-    loop = asyncio.get_running_loop()
-    consumer = asyncio.ensure_future(worker())
-    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
-    port = server.sockets[0].getsockname()[1]
-
-    async def client(seed: int) -> None:
+    async def client(connect: Callable[[], Awaitable[Streams]], seed: int) -> None:
         data = random.Random(seed).randbytes(60_000)
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
-            ),
-            TIMEOUT,
-        )
+        reader, writer = await connect()
         try:
             writer.write(data)
             got = await asyncio.wait_for(reader.readexactly(len(data)), TIMEOUT)
             assert got == data
         finally:
-            writer.close()
-            await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+            await close(writer)
 
+    consumer = asyncio.ensure_future(worker())
     try:
-        await asyncio.gather(*(client(seed) for seed in range(4)))
-        await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
+        async with tls_server(tmp_path, lambda: SlowEcho(pool, work)) as connect:
+            await asyncio.gather(*(client(connect, seed) for seed in range(4)))
     finally:
         consumer.cancel()
-        server.close()
-        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
-        for protocol in made:
-            if not protocol.lost.done():
-                protocol.transport.abort()
     stats = pool.stats()
     assert stats.waits > 0  # the pool ran dry, and connections waited
     assert stats.outstanding == 0

@@ -8,7 +8,7 @@ import random
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from helpers import settle
@@ -337,6 +337,23 @@ class Keeper(PooledBufferedProtocol):
             self.keep_buffer()
 
 
+P = TypeVar("P", bound=PooledBufferedProtocol)
+
+
+def dry(
+    size: int, make: Callable[[Mempool[memoryview]], P]
+) -> tuple[Mempool[memoryview], memoryview, FakeTransport, P]:
+    """A pool of one buffer of ``size`` bytes, that buffer taken (``held``):
+    the pool is dry. The protocol ``make(pool)``, on a fake transport."""
+    pool = buffer_pool(size, min_nr=1, max_nr=1, headroom=0)
+    held = pool.alloc_nowait(GFP_ATOMIC)
+    assert held is not None
+    transport = FakeTransport()
+    protocol = make(pool)
+    protocol.connection_made(transport)
+    return pool, held, transport, protocol
+
+
 @pytest.mark.asyncio
 async def test_get_buffer_ignores_sizehint_and_reuses_space_not_read_into() -> None:
     pool = buffer_pool(64, min_nr=1, max_nr=4)
@@ -427,11 +444,7 @@ async def test_keep_buffer_refuses_a_start_outside_the_view() -> None:
 
 @pytest.mark.asyncio
 async def test_connection_lost_returns_a_buffer_handed_to_the_waiter() -> None:
-    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
-    held = pool.alloc_nowait(GFP_ATOMIC)
-    transport = FakeTransport()
-    protocol = Keeper(pool, keep=False)
-    protocol.connection_made(transport)
+    pool, held, transport, protocol = dry(16, lambda pool: Keeper(pool, keep=False))
     feed(protocol, b"x" * 10)  # dry: into the fallback, then queued
     await settle()
     assert not transport.reading and pool.waiters == 1 and protocol.got == []
@@ -444,11 +457,7 @@ async def test_connection_lost_returns_a_buffer_handed_to_the_waiter() -> None:
 
 @pytest.mark.asyncio
 async def test_waiter_delivers_the_fallback_bytes_then_resumes_reading() -> None:
-    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
-    held = pool.alloc_nowait(GFP_ATOMIC)
-    transport = FakeTransport()
-    protocol = Keeper(pool, keep=False)
-    protocol.connection_made(transport)
+    pool, held, transport, protocol = dry(16, lambda pool: Keeper(pool, keep=False))
     feed(protocol, b"hello")
     assert "waiting pending=5" in repr(protocol)
     pool.free(held)
@@ -552,11 +561,7 @@ async def test_take_buffer_refuses_outside_view_received_and_beside_keep() -> No
 
 @pytest.mark.asyncio
 async def test_take_buffer_works_for_bytes_delivered_by_the_waiter() -> None:
-    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
-    held = pool.alloc_nowait(GFP_ATOMIC)
-    transport = FakeTransport()
-    protocol = Taker(pool)
-    protocol.connection_made(transport)
+    pool, held, transport, protocol = dry(16, Taker)
     feed(protocol, b"late")  # the pool is dry: the fallback, and a waiter
     assert not transport.reading
     pool.free(held)
@@ -605,11 +610,7 @@ async def test_taken_buffers_written_through_pooled_writers_echo_byte_exact(
 async def test_a_buffer_arriving_keeps_reading_paused_while_the_user_pauses() -> None:
     # The user pauses for backpressure while the protocol waits for a buffer:
     # the buffer arriving must not resume reading behind the user's back.
-    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
-    held = pool.alloc_nowait(GFP_ATOMIC)
-    transport = FakeTransport()
-    protocol = Keeper(pool, keep=False)
-    protocol.connection_made(transport)
+    pool, held, transport, protocol = dry(16, lambda pool: Keeper(pool, keep=False))
     feed(protocol, b"one")  # dry: waits for a buffer, reading paused
     protocol.pause_reading()  # and the peer reads too slowly
     pool.free(held)
@@ -625,11 +626,7 @@ async def test_a_buffer_arriving_keeps_reading_paused_while_the_user_pauses() ->
 
 @pytest.mark.asyncio
 async def test_resume_reading_waits_for_the_buffer_the_protocol_waits_for() -> None:
-    pool = buffer_pool(16, min_nr=1, max_nr=1, headroom=0)
-    held = pool.alloc_nowait(GFP_ATOMIC)
-    transport = FakeTransport()
-    protocol = Keeper(pool, keep=False)
-    protocol.connection_made(transport)
+    pool, held, transport, protocol = dry(16, lambda pool: Keeper(pool, keep=False))
     feed(protocol, b"two")
     protocol.pause_reading()
     protocol.resume_reading()  # the user's reason is gone, the pool's is not
@@ -663,11 +660,7 @@ async def test_fresh_buffers_of_many_connections_go_back_in_one_sweep() -> None:
 async def test_after_a_wait_the_next_read_fills_the_same_buffer_first() -> None:
     # Delivered at once, the fallback's few bytes would use up a buffer that
     # the user takes: one buffer per 256 bytes under overload.
-    pool = buffer_pool(64, min_nr=1, max_nr=1, headroom=0)
-    held = pool.alloc_nowait(GFP_ATOMIC)
-    transport = FakeTransport()
-    protocol = Taker(pool)
-    protocol.connection_made(transport)
+    pool, held, transport, protocol = dry(64, Taker)
     feed(protocol, b"head-")  # dry: the fallback, a waiter
     pool.free(held)
     await asyncio.sleep(0)  # the waiter runs: the buffer, reading resumed
@@ -684,11 +677,7 @@ async def test_after_a_wait_the_next_read_fills_the_same_buffer_first() -> None:
 
 @pytest.mark.asyncio
 async def test_bytes_read_while_dry_are_delivered_before_the_end_of_stream() -> None:
-    pool = buffer_pool(64, min_nr=1, max_nr=1, headroom=0)
-    held = pool.alloc_nowait(GFP_ATOMIC)
-    transport = FakeTransport()
-    protocol = Keeper(pool, keep=False)
-    protocol.connection_made(transport)
+    pool, held, _, protocol = dry(64, lambda pool: Keeper(pool, keep=False))
     feed(protocol, b"last words")
     pool.free(held)
     await asyncio.sleep(0)
