@@ -33,10 +33,11 @@ does: the user's (``pause_reading()``, ``_paused``) and the pool's (a task
 waits for a buffer, ``_waiter``). The transports' own calls do not nest, so
 the user must pause through the protocol.
 
-Bytes in ``_buf`` that ``view_received()`` has not seen (``_unseen``, the
-first ``_fill`` bytes): those of a dry pool's wait, until the next read or
-``_flush()``; those read while the user pauses, until ``resume_reading()``.
-The end of the stream delivers them in any case.
+Bytes in ``_buf`` that ``view_received()`` has not seen (``_unseen``; they
+are ``_buf[_unseen_at:_fill]``, after any kept bytes): those of a dry pool's
+wait, until the next read or ``_flush()``; those read while the user
+pauses, until ``resume_reading()``. The end of the stream delivers them in
+any case, and ``release_kept()`` drops the kept bytes before them, not them.
 """
 
 from __future__ import annotations
@@ -125,9 +126,10 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._sweeper: _Sweeper | None = None  # set by connection_made()
         self._paused = False  # by pause_reading()
         self._taken = False  # take_buffer() in this view_received()
-        # The _fill bytes of _buf are not seen by view_received() yet: read
+        # _buf[_unseen_at:_fill] is not seen by view_received() yet: read
         # while the pool was dry (see _wait()), or while paused.
         self._unseen = False
+        self._unseen_at = 0
 
     def __repr__(self) -> str:
         buf = self._buf
@@ -235,14 +237,24 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
 
     def release_kept(self) -> None:
         """Give back every buffer kept by ``keep_buffer()``; the kept bytes
-        are dropped. In ``view_received()``, it undoes ``keep_buffer()``
-        too. Never awaits."""
+        are dropped (not bytes received since, held while paused: those are
+        delivered still). In ``view_received()``, it undoes
+        ``keep_buffer()`` too. Never awaits."""
         self._keep = None
         full, self._full = self._full, []
-        for buf in full:
-            self.pool.free(buf)
-        if self._end is None:
+        for kept in full:
+            self.pool.free(kept)
+        if self._end is not None:
+            return
+        buf = self._buf
+        if not self._unseen or buf is None:
             self._drop_buf()
+        elif self._unseen_at:
+            # Bytes not delivered yet follow the kept ones: they stay.
+            at, fill = self._unseen_at, self._fill
+            buf[: fill - at] = buf[at:fill]  # memmove, overlap-safe
+            self._fill = fill - at
+            self._unseen_at = 0
 
     # -- asyncio.BufferedProtocol -------------------------------------------
 
@@ -292,8 +304,10 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                 # Read although paused (uvloop, right after connection_made()):
                 # held, unseen, until resume_reading(). Paused again, for a
                 # transport that started reading over the pause.
+                if not self._unseen:
+                    self._unseen = True
+                    self._unseen_at = self._fill
                 self._fill += nbytes
-                self._unseen = True
                 self.transport.pause_reading()
                 return
             self._deliver(nbytes)
@@ -418,6 +432,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                 else:
                     self._fill = fill + n
                     self._unseen = True
+                    self._unseen_at = fill
         except Exception as exc:
             self._failed(exc)
             return

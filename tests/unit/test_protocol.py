@@ -831,3 +831,21 @@ async def test_a_pool_failing_to_take_a_buffer_back_spares_the_others() -> None:
     assert [str(c["exception"]) for c in seen] == ["free_fn failed"]
     assert seen[0]["protocol"] is first
     second.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_release_kept_while_paused_drops_the_kept_bytes_not_the_held() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=4)
+    transport = FakeTransport()
+    protocol = Keeper(pool)  # keeps every view whole
+    protocol.connection_made(transport)
+    feed(protocol, b"ab")  # seen, kept
+    protocol.pause_reading()
+    feed(protocol, b"cd")  # read over the pause: held, unseen
+    protocol.release_kept()  # drops "ab", not "cd"
+    protocol.keep = False
+    protocol.resume_reading()
+    await settle()
+    assert protocol.got == [b"ab", b"cd"]
+    assert pool.stats().outstanding == 0
+    protocol.connection_lost(None)
