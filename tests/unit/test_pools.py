@@ -10,7 +10,9 @@ import mmap
 import pytest
 
 from aiomempool import (
+    GFP,
     GFP_ATOMIC,
+    GFP_NOWAIT,
     DoubleFreeError,
     ForeignElementError,
     Mempool,
@@ -272,3 +274,23 @@ async def test_the_slab_pools_hot_paths_keep_the_caches_books() -> None:
     assert pool.stats().outstanding == 0
     with pytest.raises(DoubleFreeError):
         pool.free(held[0])
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("leak_sampling", [None, 128], ids=["plain", "sampled"])
+async def test_slab_fast_paths_still_refuse_masks_that_only_equal_a_fast_one(
+    leak_sampling: int | None,
+) -> None:
+    # The fast path of alloc_nowait() recognises its masks by identity:
+    # False and 0.0 equal GFP_NOWAIT, but are not masks.
+    sampling = {} if leak_sampling is None else {"leak_sampling": leak_sampling}
+    pool = buffer_pool(64, min_nr=1, max_nr=4, **sampling)
+    for mask in (False, 0.0, 2.0):
+        with pytest.raises(TypeError, match="gfp_mask must be a GFP flag or an int"):
+            pool.alloc_nowait(mask)  # type: ignore[arg-type]
+    for mask in (GFP_NOWAIT, GFP_ATOMIC, GFP_ATOMIC | GFP.NOWARN, 0, 2, 6):
+        buf = pool.alloc_nowait(mask)
+        assert buf is not None
+        pool.free(buf)
+    assert pool.stats().outstanding == 0
+    pool.close()

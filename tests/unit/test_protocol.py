@@ -849,3 +849,39 @@ async def test_release_kept_while_paused_drops_the_kept_bytes_not_the_held() -> 
     assert protocol.got == [b"ab", b"cd"]
     assert pool.stats().outstanding == 0
     protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_pause_after_a_dry_wait_keeps_its_bytes_unseen_until_resume() -> None:
+    pool, held, transport, protocol = dry(64, lambda pool: Keeper(pool, keep=False))
+    feed(protocol, b"waited")
+    pool.free(held)
+    await asyncio.sleep(0)  # the waiter: buffer, reading resumed, flush due
+    protocol.pause_reading()  # before the flush: it must not deliver now
+    await settle()
+    assert protocol.got == [] and not transport.reading
+    protocol.resume_reading()
+    await settle()
+    assert protocol.got == [b"waited"] and transport.reading
+    protocol.connection_lost(None)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+async def test_connection_lost_before_held_bytes_are_delivered_frees_them() -> None:
+    pool = buffer_pool(16, min_nr=1, max_nr=4)
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(FakeTransport())
+    seen: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+    try:
+        protocol.pause_reading()
+        feed(protocol, b"held")
+        protocol.resume_reading()  # delivery is due in a callback...
+        protocol.connection_lost(None)  # ...that comes after the connection
+        await settle()
+    finally:
+        loop.set_exception_handler(None)
+    assert protocol.got == [] and seen == []
+    all_back(pool, 1)
