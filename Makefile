@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
 
-.PHONY: demo test lint bench bench-quick bench-servers docs all-pythons clean
+.PHONY: demo test lint bench bench-quick bench-servers docs all-pythons dist clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,5 +66,12 @@ docs: $(DOCS_STAMP)
 all-pythons: $(STAMP)
 	$(BIN)/nox --error-on-missing-interpreters
 
+## dist: the sdist and the wheel into dist/, then a check of what each holds
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python .ci/check_dist.py dist
+
 clean:
-	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis site
+	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis site \
+		dist build aiomempool.egg-info
