@@ -1,30 +1,45 @@
-# Every target sets up .venv (with the package and its dev tools) if needed.
+# Targets set up .venv on first use: `make demo` with the package alone (all
+# that examples/demo.py imports), every other target with its dev extra.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+VENV_STAMP := $(VENV)/.venv-stamp
+DEMO_STAMP := $(VENV)/.demo-stamp
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
 
 .PHONY: demo test lint bench bench-quick bench-servers docs all-pythons dist clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+$(VENV_STAMP):
+	@echo "Setting up $(VENV) with $(PYTHON), and a current pip in it (editable installs from pyproject.toml need pip 21.3+)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@touch $@
 
-# The extras of the benchmarks (PyPI pools, matplotlib) and of the docs.
+$(DEMO_STAMP): pyproject.toml | $(VENV_STAMP)
+	@echo "Installing the package into $(VENV), editable and without extras: all that examples/demo.py imports"
+	@$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+# The package with the dev extra holds the demo's set-up too.
+$(STAMP): pyproject.toml | $(VENV_STAMP)
+	@echo "Installing the package with its dev extra into $(VENV) (pytest, hypothesis, anyio, uvloop, mypy, ruff, nox, build): the tools of test, lint, dist and all-pythons"
+	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@ $(DEMO_STAMP)
+
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	touch $(BENCH_STAMP)
+	@echo "Installing the bench extra into $(VENV) (matplotlib and the PyPI pool libraries): what make bench draws with and measures against"
+	@$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
 
 $(DOCS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
-	touch $(DOCS_STAMP)
+	@echo "Installing the docs extra into $(VENV) (mkdocs-material, mkdocstrings): what make docs builds the site with"
+	@$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
+	@touch $@
 
 ## demo: a short tour of waiting, non-blocking and atomic allocations
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
 ## test: every test, on the default python3, asyncio and uvloop
