@@ -42,11 +42,28 @@ $(DOCS_STAMP): $(STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
+# redis-cli and redis-benchmark (Debian's redis-tools) drive the example
+# servers in tests and benchmarks: installed when missing, as root with
+# apt-get only; elsewhere one line says what goes without them ($(1)).
+define redis_tools
+	@missing=; \
+	for tool in redis-cli redis-benchmark; do \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's redis-tools (missing:$$missing): the example servers are driven with them"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null; } \
+			|| echo "redis-tools did not install: $(1)"; \
+	else \
+		echo "Missing:$$missing; $(1) (as root: apt-get install redis-tools)"; \
+	fi
+endef
+
 ## test: every test, on the default python3, asyncio and uvloop
-# The example servers' tests drive them with redis-cli and redis-benchmark
-# (Debian's redis-tools), installed here when missing.
 test: $(STAMP)
-	command -v redis-benchmark >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools; }
+	$(call redis_tools,the server tests that need them will be skipped)
 	$(BIN)/python -m pytest
 
 ## lint: ruff and mypy --strict
@@ -66,7 +83,7 @@ bench-quick: $(BENCH_STAMP)
 ## bench-servers: the example servers under redis-benchmark, beside a streams
 ## server and redis-server; updates docs/assets/benchmarks/servers.md
 bench-servers: $(BENCH_STAMP)
-	command -v redis-benchmark >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools; }
+	$(call redis_tools,the server figures will be left out)
 	$(BIN)/python -m benchmarks.servers
 
 ## docs: run the cookbook's recipes, then build the site strictly into site/
