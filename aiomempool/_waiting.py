@@ -33,12 +33,19 @@ Invariants:
   ``Mempool._regate()``).
 * No new caller takes anything while a live future is queued: nobody
   barges.
+* Every queued future belongs to ``_loop``. A waiter whose loop is closed
+  is dead: its task never runs again, and a future of a closed loop can be
+  neither resolved nor cancelled (both schedule callbacks on the loop). So
+  every path that would resolve, count or queue behind the line first asks
+  ``_line_is_dead()``, which forgets such a line whole; the element that
+  would have gone to a dead waiter goes on to the reserve or ``free_fn``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from .gfp import GFP
@@ -104,7 +111,7 @@ class Waiting:
 
         The caller has found the reserve empty, with no await since.
         """
-        if self._nparked:
+        if self._nparked and not self._line_is_dead():
             # Tasks wait already, on self._loop: a task of another loop that
             # awaits this future gets asyncio's RuntimeError ("attached to a
             # different loop") at its await, and leaves by _left_early().
@@ -121,9 +128,35 @@ class Waiting:
         self._gate = True
         return fut
 
+    def _line_is_dead(self) -> bool:
+        """True if tasks were parked on a loop that is closed now: then the
+        whole line is forgotten (see the invariants above)."""
+        loop = self._loop
+        if not self._nparked or loop is None or not loop.is_closed():
+            return False
+        self._forget_line()
+        return True
+
+    def _forget_line(self) -> None:
+        """Drop every waiter of a closed loop: their tasks never run again.
+        Their futures stay pending; a task closed later by the garbage
+        collector leaves by _left_early(), which touches none of this."""
+        self._entries = deque()
+        self._nparked = 0
+        self._stop_retry_timer()
+        self._regate()
+
+    def _stop_retry_timer(self) -> None:
+        timer, self._retry_timer = self._retry_timer, None
+        if timer is not None:
+            with suppress(RuntimeError):  # uvloop's, once its loop is closed
+                timer.cancel()
+
     def _in_line(self) -> bool:
         """True if a live future is queued; drops dead ones from the head."""
         entries = self._entries
+        if entries and self._line_is_dead():
+            return False
         while entries:
             if not entries[0][0].done():
                 return True
@@ -133,6 +166,8 @@ class Waiting:
     def _hand(self, value: object) -> bool:
         """Resolve the first live future with ``value``; False if none."""
         entries = self._entries
+        if entries and self._line_is_dead():
+            return False
         while entries:
             fut = entries.popleft()[0]
             if not fut.done():
@@ -147,17 +182,13 @@ class Waiting:
         if not self._nparked:
             self._regate()
             self._entries.clear()  # every entry still queued is dead
-            if self._retry_timer is not None:
-                self._retry_timer.cancel()
-                self._retry_timer = None
+            self._stop_retry_timer()
 
     def _close_line(self) -> None:
         """Tell every parked task the pool closed; stop the retry timer."""
         while self._hand(CLOSED):
             pass
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
-            self._retry_timer = None
+        self._stop_retry_timer()
 
     def _expire(self, fut: asyncio.Future[Any]) -> None:
         """A waiter's timeout: resolve its future, if nobody has yet."""
@@ -170,13 +201,22 @@ class Waiting:
 
         Whatever it was handed is passed on, so that a cancellation arriving
         after the wake-up (where asyncio.Condition on 3.10-3.12 drops the
-        notification) loses nothing.
+        notification) loses nothing. A task of a closed loop, closed by the
+        garbage collector, leaves here too: its line is dead, forgotten
+        already or now, and only what it was handed before the loop closed
+        goes back.
         """
-        if not fut.done():
+        loop = fut.get_loop()
+        dead = loop.is_closed()
+        if dead:
+            if loop is self._loop:
+                self._line_is_dead()  # forgotten now, if not before
+        elif not fut.done():
             fut.cancel()  # thrown in by something else: make it dead
-        if fut.cancelled():
-            self._unparked()
-            self._compact()
+        if not fut.done() or fut.cancelled():
+            if not dead:  # a dead line is no longer counted
+                self._unparked()
+                self._compact()
             return
         if fut.exception() is not None:
             return
@@ -206,6 +246,8 @@ class Waiting:
         result, so nobody can overtake it between its wake-up and its try.
         An error of alloc_fn is raised in that waiter, whose call it was.
         """
+        if self._line_is_dead():
+            return
         entries = self._entries
         while entries:
             fut, gfp_mask = entries[0]

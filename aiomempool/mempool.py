@@ -176,7 +176,10 @@ class Mempool(Reserve[T]):
 
     @property
     def waiters(self) -> int:
-        """Tasks waiting in ``alloc()`` now, not yet handed anything."""
+        """Tasks waiting in ``alloc()`` now, not yet handed anything (none
+        of a closed loop: its tasks never run again)."""
+        if self._nparked:
+            self._line_is_dead()
         return self._nparked
 
     @property
@@ -191,6 +194,8 @@ class Mempool(Reserve[T]):
 
     def stats(self) -> MempoolStats:
         """A frozen snapshot of the pool's counters and gauges."""
+        if self._nparked:
+            self._line_is_dead()
         return MempoolStats(
             name=self._name,
             min_nr=self._min_nr,

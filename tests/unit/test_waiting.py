@@ -4,14 +4,19 @@ retries of the allocator, anyio cancel scopes, threads and loops."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
+import uvloop
 from helpers import Backing, Elem, settle
 
 from aiomempool import GFP, GFP_ATOMIC, WAIT_BUCKETS, AllocTimeoutError, Mempool
+
+TIMEOUT = 5.0
 
 
 def drained(
@@ -488,3 +493,106 @@ def test_waiting_from_a_second_loop_is_refused() -> None:
     release.set()
     thread.join(5)
     assert pool.waiters == 0
+
+
+# -- a loop closed while its tasks wait ---------------------------------------
+
+LOOPS = pytest.mark.parametrize(
+    "new_loop",
+    [asyncio.new_event_loop, uvloop.new_event_loop],
+    ids=["asyncio", "uvloop"],
+)
+
+
+def park_and_close(
+    pool: Mempool[Elem], new_loop: Callable[[], asyncio.AbstractEventLoop]
+) -> asyncio.Task[Any]:
+    """As an embedder or a test fixture does: run a loop until a task is
+    parked in alloc(), then close the loop with the task still pending."""
+    loop = new_loop()
+    task = loop.create_task(pool.alloc())
+    loop.run_until_complete(settle())
+    assert pool.waiters == 1
+    loop.close()
+    return task
+
+
+@LOOPS
+def test_a_waiter_of_a_closed_loop_is_dead_and_free_refills_the_reserve(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    backing, pool, (held,) = drained()
+    task = park_and_close(pool, new_loop)
+    assert pool.waiters == 0  # no phantom waiter
+    pool.free(held)  # neither raises nor lands in the dead future
+    assert pool.curr_nr == 1
+    assert pool.stats().outstanding == 0
+    assert pool.stats().waiters == 0
+    assert not task.done()
+    del task
+    gc.collect()  # the task's coroutine is closed: it gives back nothing
+    assert pool.curr_nr == 1
+    assert backing.freed == []
+
+
+@LOOPS
+def test_a_pool_whose_waiters_loop_closed_serves_a_new_loop(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    _, pool, (held,) = drained()
+    stale = park_and_close(pool, new_loop)
+
+    async def wait_in_line() -> Elem:
+        # Waiting must park on this loop, not queue behind the dead task.
+        task = asyncio.create_task(pool.alloc())
+        await settle()
+        assert pool.waiters == 1
+        pool.free(held)
+        return await asyncio.wait_for(task, TIMEOUT)
+
+    loop = new_loop()
+    try:
+        assert loop.run_until_complete(wait_in_line()) is held
+    finally:
+        loop.close()
+    assert pool.waiters == 0
+    pool.free(held)
+    assert pool.curr_nr == 1
+    del stale
+    gc.collect()
+    assert pool.curr_nr == 1
+
+
+@LOOPS
+def test_an_element_handed_to_a_task_whose_loop_closed_comes_back(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    _, pool, (held,) = drained()
+    loop = new_loop()
+    task = loop.create_task(pool.alloc())
+    loop.run_until_complete(settle())
+    # Between two runs of the loop, the free hands the element to the
+    # waiter; the loop is closed before the woken task runs.
+    pool.free(held)
+    loop.close()
+    assert pool.curr_nr == 0  # in the dead task's future
+    assert not task.done()
+    del task
+    gc.collect()  # closing the coroutine gives it back
+    assert pool.curr_nr == 1
+    assert pool.alloc_nowait() is held
+
+
+@LOOPS
+def test_the_retry_timer_of_a_closed_loop_is_dropped(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    backing, pool, (held,) = drained(retry_interval=0.01)
+    stale = park_and_close(pool, new_loop)
+    backing.up = True
+    assert pool.waiters == 0
+    pool.free(held)  # the reserve's, not a retry for the dead waiter
+    assert pool.curr_nr == 1
+    assert backing.made[-1] is held  # the allocator was not called again
+    del stale
+    gc.collect()
