@@ -3,7 +3,7 @@
 Two helpers, built on the pool's public API only:
 
 * ``recv_into(pool, sock)``: ``async with`` a buffer of the pool that
-  ``loop.sock_recv_into()`` received into, given back on exit.
+  the socket received into (cancellation loses no byte), given back on exit.
 * ``PooledWriter(transport_or_writer, pool)``: writes pool buffers to a
   transport and gives each back only once the transport has sent it.
 
@@ -37,16 +37,24 @@ def recv_into(pool: Mempool[memoryview], sock: socket.socket) -> RecvInto:
     of an ``async with`` block.
 
     ``async with recv_into(pool, sock) as view:`` borrows a buffer with
-    ``await pool.alloc()``, receives once with ``loop.sock_recv_into(sock,
-    buf)`` and binds ``view`` to the bytes received: a memoryview of
-    exactly that many bytes, empty at end of file. On exit, however the
-    block ends (normally, by an exception, by cancellation), ``view`` is
-    released and the buffer goes back to the pool. Cancelled while waiting
-    for the pool or while receiving, it gives the buffer back too; nothing
-    was received then, and nothing is lost from the socket.
+    ``await pool.alloc()``, receives once into it (``sock.recv_into()``)
+    and binds ``view`` to the bytes received: a memoryview of exactly that
+    many bytes, empty at end of file. On exit, however the block ends
+    (normally, by an exception, by cancellation), ``view`` is released and
+    the buffer goes back to the pool.
+
+    Cancellation never loses a byte: the receive is made by the task
+    itself, after it has waited for the socket to be readable, with no
+    await between the receive and the block. So a cancellation (a timeout,
+    a task group, a cancel scope) that lands while waiting for the pool or
+    for bytes, even in the loop iteration where the bytes arrive, leaves
+    every byte in the socket for the next receive; and bytes received are
+    always in ``view``. (``loop.sock_recv_into()`` receives in a callback of
+    the loop: a cancellation in that iteration throws away what it read.)
 
     ``sock`` must be a non-blocking socket (``sock.setblocking(False)``),
-    as for ``loop.sock_recv_into()``; ``pool`` a pool of writable
+    as for ``loop.sock_recv_into()``, on a loop with ``add_reader()``
+    (asyncio's selector loops, uvloop); ``pool`` a pool of writable
     memoryviews, such as ``buffer_pool()``'s.
 
     Awaits on entry: for a buffer, then for bytes. Do not keep ``view``
@@ -60,7 +68,7 @@ def recv_into(pool: Mempool[memoryview], sock: socket.socket) -> RecvInto:
                     break  # end of file
                 await loop.sock_sendall(sock, view)
 
-    Raises on entry what ``pool.alloc()`` and ``loop.sock_recv_into()``
+    Raises on entry what ``pool.alloc()`` and ``sock.recv_into()``
     raise (``PoolClosedError``, ``OSError``, ...).
     """
     return RecvInto(pool, sock)
@@ -98,10 +106,10 @@ class RecvInto:
         assert buf is not None  # GFP_KERNEL waits
         self._buf = buf
         try:
-            nbytes = await loop.sock_recv_into(self._sock, buf)
+            nbytes = await _receive(loop, self._sock, buf)
         except BaseException:
-            # Cancelled: the selector loop and uvloop drop the reader when
-            # the future is cancelled, so nothing writes into buf later.
+            # Nothing was received (see _receive()), and nothing writes
+            # into buf later: the reader is gone.
             self._buf = None
             self._pool.free(buf)
             raise
@@ -122,6 +130,36 @@ class RecvInto:
             with suppress(BufferError):
                 view.release()
         self._pool.free(buf)
+
+
+async def _receive(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, buf: memoryview
+) -> int:
+    """``sock.recv_into(buf)`` once the socket has bytes (or an end of file,
+    or an error) to give.
+
+    The receive happens here, in the task, after the wait and never inside
+    a callback of the loop: a cancellation can only land in the wait, where
+    nothing was taken from the socket yet, and from the receive to the
+    caller there is no await (trio's receives work the same way).
+    """
+    while True:
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        ready = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, _set_ready, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+
+def _set_ready(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 
 class PooledWriter:
