@@ -270,7 +270,18 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             fill = self._fill
             return buf[fill:] if fill else buf
         # No barging: while this connection waits, it reads no more.
+        sweeper = self._sweeper
+        if sweeper is None:  # get_buffer() before connection_made()
+            sweeper = self._sweeper = _sweeper(asyncio.get_running_loop())
         if self._waiter is None:
+            # The read of the last get_buffer() is over (a transport reads
+            # into its buffer before it asks again): if nothing filled that
+            # buffer, it goes back first, and is the one taken now. So a
+            # storm of connections ending at once costs one buffer, not one
+            # each, and the pool does not grow for bytes that never come.
+            last = sweeper.last
+            if last is not None and last._fresh:
+                sweeper.sweep_last(last)
             buf = self.pool.alloc_nowait(ATOMIC_NOWARN)
         if buf is None:
             # Reading is paused from buffer_updated(), where these bytes
@@ -280,15 +291,15 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             return self._fallback
         self._buf = buf
         # uvloop (libuv reads until EAGAIN, asking for a buffer before each
-        # try) and the TLS transports call get_buffer() when no bytes may
-        # come: an idle connection would then hold a buffer of the pool for
-        # as long as it stays idle. Unless a read fills it first, the buffer
-        # goes back once the loop's current callbacks are over.
+        # try), the selector transport at EOF or on an error, and the TLS
+        # transports call get_buffer() when no bytes may come: an idle or
+        # closing connection would then hold a buffer of the pool. Unless a
+        # read fills it first, the buffer goes back at the next
+        # get_buffer() of any connection of this loop, or once the loop's
+        # current callbacks are over, whichever comes first.
         self._fresh = True
-        sweeper = self._sweeper
-        if sweeper is None:  # get_buffer() before connection_made()
-            sweeper = self._sweeper = _sweeper(asyncio.get_running_loop())
-        protocols = sweeper.protocols  # _Sweeper's only mutator, inlined
+        sweeper.last = self
+        protocols = sweeper.protocols  # _Sweeper.add(), inlined: every read
         if not protocols:
             asyncio.get_running_loop().call_soon(sweeper.run)
         protocols.append(self)
@@ -324,6 +335,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         Overrides must call ``super().eof_received()`` first."""
         if self._unseen and not self._lost:
             self._deliver(0)
+        self._sweep()  # the buffer asked for this EOF's read: back now
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -489,31 +501,48 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
 
 
 class _Sweeper:
-    """The protocols of one loop whose get_buffer() took a fresh buffer in
-    the loop's current iteration. One callback per iteration sweeps them
-    all, however many connections read (a call_soon() per read would cost
-    more than the read's own bookkeeping). get_buffer() appends to
-    ``protocols``, and schedules ``run()`` when it finds the list empty:
-    ``protocols`` is not empty exactly while ``run()`` is scheduled."""
+    """Gives back the buffers that get_buffer() took and no read filled,
+    for the protocols of one loop.
 
-    __slots__ = ("protocols",)
+    ``last`` is the protocol of the last fresh buffer lent: the next
+    get_buffer() of any protocol sweeps it first (``sweep_last()``), since
+    a transport finishes a read before any other read starts. The others
+    of the iteration (``protocols``) are swept by one callback at its end,
+    however many connections read (a call_soon() per read would cost more
+    than the read's own bookkeeping). get_buffer() sets ``last`` and
+    appends to ``protocols``, scheduling ``run()`` when it finds the list
+    empty: ``protocols`` is not empty exactly while ``run()`` is scheduled.
+    A protocol swept early stays listed; ``_sweep()`` finds nothing then.
+    """
+
+    __slots__ = ("last", "protocols")
 
     def __init__(self) -> None:
+        self.last: PooledBufferedProtocol | None = None
         self.protocols: list[PooledBufferedProtocol] = []
 
+    def sweep_last(self, protocol: PooledBufferedProtocol) -> None:
+        self.last = None
+        self._sweep(protocol)
+
     def run(self) -> None:
+        self.last = None
         protocols, self.protocols = self.protocols, []
         for protocol in protocols:
-            try:
-                protocol._sweep()
-            except Exception as exc:  # one pool's failure spares the others
-                asyncio.get_running_loop().call_exception_handler(
-                    {
-                        "message": "PooledBufferedProtocol: giving back failed",
-                        "exception": exc,
-                        "protocol": protocol,
-                    }
-                )
+            self._sweep(protocol)
+
+    @staticmethod
+    def _sweep(protocol: PooledBufferedProtocol) -> None:
+        try:
+            protocol._sweep()
+        except Exception as exc:  # one pool's failure spares the others
+            asyncio.get_running_loop().call_exception_handler(
+                {
+                    "message": "PooledBufferedProtocol: giving back failed",
+                    "exception": exc,
+                    "protocol": protocol,
+                }
+            )
 
 
 #: One sweeper per loop (it holds no reference to the loop, which may go).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,8 +19,10 @@ from aiomempool import (
     Mempool,
     PooledBufferedProtocol,
     PooledWriter,
+    SlabCache,
     buffer_pool,
 )
+from aiomempool.pools import slab_pool
 
 TIMEOUT = 5.0
 
@@ -639,18 +642,81 @@ async def test_resume_reading_waits_for_the_buffer_the_protocol_waits_for() -> N
 
 
 @pytest.mark.asyncio
-async def test_fresh_buffers_of_many_connections_go_back_in_one_sweep() -> None:
+async def test_an_unfilled_buffer_goes_back_at_the_next_get_buffer_of_anyone() -> None:
     pool = buffer_pool(64, min_nr=1, max_nr=32)
     protocols = [Keeper(pool, keep=False) for _ in range(20)]
     for protocol in protocols:
         protocol.connection_made(FakeTransport())
         protocol.get_buffer(-1)  # no read follows
+        # The read of the one before is over: its buffer came back first.
+        assert pool.stats().outstanding == 1
     feed(protocols[0], b"x")  # one that is read into: delivered and back
-    assert pool.stats().outstanding == 19
-    await asyncio.sleep(0)
+    assert pool.stats().outstanding == 0
+    protocols[1].get_buffer(-1)
+    assert pool.stats().outstanding == 1
+    await asyncio.sleep(0)  # and the last one once the callbacks are over
     assert pool.stats().outstanding == 0
     for protocol in protocols:
         protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_eof_gives_back_the_buffer_asked_for_its_read_at_once() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=4)
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(FakeTransport())
+    protocol.get_buffer(-1)
+    assert pool.stats().outstanding == 1
+    protocol.eof_received()  # the read found the end of the stream
+    assert pool.stats().outstanding == 0
+    protocol.connection_lost(None)
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+@pytest.mark.asyncio
+async def test_a_storm_of_idle_connections_ending_at_once_does_not_grow_the_pool(
+    how: str,
+) -> None:
+    """Every connection's last read asks get_buffer() for a buffer before it
+    finds the end of the stream (or a reset): hundreds of them in one loop
+    iteration must not each take one, growing the cache for good."""
+    loop = asyncio.get_running_loop()
+    count = 300
+    cache = SlabCache(4096, objects_per_slab=8, max_objects=1024)
+    pool = slab_pool(4, cache)
+    before = cache.stats()
+    clients: list[socket.socket] = []
+    async with serve(lambda: Echo(pool)) as (port, made):
+        try:
+            for _ in range(count):
+                client = socket.socket()
+                clients.append(client)
+                client.setblocking(False)
+                await asyncio.wait_for(
+                    loop.sock_connect(client, ("127.0.0.1", port)), TIMEOUT
+                )
+            await until(lambda: len(made) == count)
+            await settle()
+            assert pool.stats().outstanding == 0  # idle: they hold nothing
+            for client in clients:  # all at once, no await in between
+                if how == "reset":
+                    client.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                client.close()
+            await asyncio.wait_for(
+                asyncio.gather(*(protocol.lost for protocol in made)), TIMEOUT
+            )
+        finally:
+            for client in clients:
+                client.close()
+    after = cache.stats()
+    assert after.slabs == before.slabs, (before, after)
+    assert after.high_water <= before.high_water + 2, (before, after)
+    assert pool.stats().outstanding == 0
+    assert pool.curr_nr == 4
+    pool.close()
+    cache.close()
 
 
 # -- after a dry pool's wait -------------------------------------------------------
