@@ -53,6 +53,15 @@ class _Watch:
         return self.slot
 
 
+def aliased_slot(watches: dict[int, Any], view: object) -> memoryview | None:
+    """The slot a LeakSampler lent ``view`` for, still watched; None if
+    ``view`` is not such an alias."""
+    watch = watches.get(id(view))
+    if watch is None or not watch.is_alias(view):
+        return None
+    return watch.slot  # type: ignore[no-any-return]
+
+
 def unwatch(watches: dict[int, Any], view: object) -> memoryview | None:
     """The slot a LeakSampler lent ``view`` for, taken back and no longer
     watched; None if ``view`` is not such an alias."""
@@ -80,12 +89,15 @@ class LeakSampler:
     """
 
     __slots__ = (
-        "__weakref__", "_cache", "_every", "_pool", "_queue", "_scheduled",
-        "_warn", "countdown",
+        "__weakref__", "_cache", "_every", "_out", "_pool", "_queue",
+        "_scheduled", "_warn", "countdown",
     )  # fmt: skip
 
-    def __init__(self, pool: Mempool[memoryview], cache: SlabCache, every: int) -> None:
+    def __init__(
+        self, pool: Mempool[memoryview], cache: SlabCache, every: int, out: set[int]
+    ) -> None:
         self._pool = weakref.ref(pool)
+        self._out = out  # the pool's holder set, in the cache's books
         self._cache = cache
         self._every = every
         self._queue: list[_Watch] = []
@@ -151,4 +163,4 @@ class LeakSampler:
             if pool is not None:
                 pool.free(watch.slot)
             else:
-                self._cache.free(watch.slot)
+                self._cache._free_fn(watch.slot, self._out)

@@ -39,7 +39,7 @@ from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._checks import running_loop
-from ._poison import check_poison, pattern, poison, poisonable, slot_name
+from ._poison import check_poison, pattern, poison, poisonable
 from ._ratelimit import RateLimitedWarning, logger
 from .errors import CorruptionError, DoubleFreeError
 
@@ -336,9 +336,7 @@ class PoolDebug(Generic[T]):
         assert pool is not None  # the pool calls this
 
         def describe() -> str:
-            data = pool._pool_data
-            where = slot_name(data, element) if hasattr(data, "_slots") else None
-            return f"{pool!r}: {where or format(repr(element), '.60')}"
+            return f"{pool!r}: {pool._describe(element)}"
 
         try:
             check_poison(element, describe)  # type: ignore[arg-type]

@@ -415,6 +415,10 @@ class Mempool(Reserve[T]):
             self._alloc_fn_failures += 1
         return element
 
+    def _describe(self, element: T) -> str:
+        """``element`` in an error message: a short repr, never its bytes."""
+        return format(repr(element), ".60")
+
     def _failed(self, mask: Mask) -> None:
         if not mask.nowarn:
             self._warn.warn(

@@ -4,19 +4,36 @@
 ``mempool_create_page_pool()`` build a mempool on an allocator the kernel
 provides. Here they build a ``Mempool`` on a ``SlabCache`` (slab and page
 pools, ``buffer_pool``) or on ``bytearray`` (kmalloc pools), and unlike a
-pool on callbacks of the caller's, they know every element they handed out:
-a double free, or a free of something they never handed out, is refused
-with ``DoubleFreeError`` or ``ForeignElementError`` (both ``ValueError``),
-and nothing is lost or handed out twice.
+pool on callbacks of the caller's, they know every element they handed out.
+Refused with ``DoubleFreeError`` or ``ForeignElementError`` (both
+``ValueError``), in every mode, with nothing lost or handed out twice and
+the counters unchanged:
 
-How: the allocator keeps the ids of the elements that callers hold in its
-``_busy`` set. An element that goes into the pool's reserve leaves that set
+* a second free of an element before it is handed out again (an
+  immediate double free), wherever the first sent it: back to the
+  allocator, into the reserve, or to a waiting task;
+* a free of anything the pool does not have out: a slice or a copy of a
+  buffer, another cache's buffer, or a buffer of the same cache that
+  another pool holds (two pools may share one ``SlabCache``).
+
+Not caught outside debug mode, as in the kernel's SLUB without its debug
+options: a stale free, of an element freed and since handed out again. A
+buffer pool hands out the same memoryview for a slot at every allocation
+(making one per allocation would cost the hot paths), so a stale free is
+taken as a free of the buffer's current holder, who then shares it with
+the next borrower. Debug mode catches it: it lends a fresh view per
+allocation and remembers the freed ones (``DoubleFreeError``, with both
+call sites).
+
+How: each pool keeps the ids of the elements out with its callers in a set
+of its own, ``_out``, its holder set, which the allocator fills and empties
+(``_alloc_fn(mask, out)``, ``_free_fn(element, out)``: the pool's
+``pool_data``). An element that goes into the pool's reserve leaves it
 (``_push``) and comes back to it when it leaves the reserve (``_pop``), so
-``_busy`` holds exactly the elements out with callers, and a second free of
-one finds it missing there, wherever the first free sent it: back to the
-allocator, into the reserve, or to a waiting task. A buffer that the leak
-detector lent as an alias (``leak_sampling``) is missing there too: a free
-of it is a free of the buffer it stands for (``_claim``).
+``_out`` holds exactly the elements out with the pool's callers, and a free
+must find the element there. A buffer that the leak detector lent as an
+alias (``leak_sampling``) is missing there: a free of it is a free of the
+buffer it stands for (``_claim``).
 """
 
 from __future__ import annotations
@@ -26,11 +43,12 @@ import sys
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from ._checks import check_nr
-from ._leaks import LeakSampler, unwatch
+from ._leaks import LeakSampler, aliased_slot, unwatch
+from ._poison import slot_name
 from .errors import DoubleFreeError, ForeignElementError
 from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from .mempool import Mempool
-from .slab import SlabCache
+from .slab import SlabCache, short_repr
 
 __all__ = ["buffer_pool", "kmalloc_pool", "page_pool", "slab_pool"]
 
@@ -40,40 +58,38 @@ T = TypeVar("T")
 class _Allocator(Protocol[T]):
     """What a pool of this module needs of its allocator."""
 
-    _busy: set[int]
     _watches: dict[int, Any]
 
-    def _alloc_fn(self, gfp_mask: GFP, pool_data: Any) -> T | None: ...
-    def _free_fn(self, element: T, pool_data: Any) -> None: ...
-    def _refusal(self, element: object) -> ValueError: ...
+    def _alloc_fn(self, gfp_mask: GFP, busy: set[int]) -> T | None: ...
+    def _free_fn(self, element: T, busy: set[int]) -> None: ...
+    def _refusal(self, element: object, busy: set[int]) -> ValueError: ...
 
 
 class _Kmalloc:
     """``bytearray(size)`` as an allocator that knows what it handed out."""
 
-    __slots__ = ("_busy", "_watches", "size")
+    __slots__ = ("_watches", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._busy: set[int] = set()
         self._watches: dict[int, Any] = {}  # no leak detector: stays empty
 
-    def _alloc_fn(self, gfp_mask: GFP, pool_data: Any) -> bytearray:
+    def _alloc_fn(self, gfp_mask: GFP, busy: set[int]) -> bytearray:
         buf = bytearray(self.size)  # a MemoryError means "nothing" to the pool
-        self._busy.add(id(buf))
+        busy.add(id(buf))
         return buf
 
-    def _free_fn(self, buf: bytearray, pool_data: Any) -> None:
+    def _free_fn(self, buf: bytearray, busy: set[int]) -> None:
         try:
-            self._busy.remove(id(buf))
+            busy.remove(id(buf))
         except KeyError:
-            raise self._refusal(buf) from None
+            raise self._refusal(buf, busy) from None
 
-    def _refusal(self, element: object) -> ValueError:
+    def _refusal(self, element: object, busy: set[int]) -> ValueError:
         # A freed bytearray is forgotten: a second free of one looks foreign.
         return ForeignElementError(
-            f"{element!r:.60} is not an element this kmalloc pool handed out "
-            "and has not had back (a double free, a copy or another pool's?)"
+            f"{short_repr(element)} is not an element this kmalloc pool handed "
+            "out and has not had back (a double free, a copy or another pool's?)"
         )
 
 
@@ -83,7 +99,7 @@ class TrackedPool(Mempool[T], Generic[T]):
 
     # _sampler belongs to _SampledPool, declared on this common base so that
     # _SampledZeroingPool may combine it with _ZeroingPool's slot.
-    __slots__ = ("_allocator", "_owns_allocator", "_sampler")
+    __slots__ = ("_allocator", "_out", "_owns_allocator", "_sampler")
 
     def __init__(
         self,
@@ -95,48 +111,60 @@ class TrackedPool(Mempool[T], Generic[T]):
     ) -> None:
         self._allocator = allocator
         self._owns_allocator = owns_allocator
+        # The ids of the elements out with this pool's callers: its holder
+        # set in the allocator's books, passed to it as pool_data.
+        self._out: set[int] = set()
         super().__init__(
-            min_nr, allocator._alloc_fn, allocator._free_fn, allocator, **options
+            min_nr, allocator._alloc_fn, allocator._free_fn, self._out, **options
         )
         if self._debug is not None:
             self._debug.strict = True  # it refuses what it did not hand out
 
     def _push(self, element: T) -> None:
         # Into the reserve: no longer out with a caller.
-        allocator = self._allocator
         try:
-            allocator._busy.remove(id(element))
+            self._out.remove(id(element))
         except KeyError:
             raise self._refusal(element) from None
         super()._push(element)
 
     def _pop(self) -> T:
         element = super()._pop()
-        self._allocator._busy.add(id(element))
+        self._out.add(id(element))
         return element
 
     def _put(self, element: T) -> None:
         # Every free that is not the hot path's comes here first: to a
-        # waiter, the reserve or the allocator, it must be out with a caller.
-        if id(element) not in self._allocator._busy:
+        # waiter, the reserve or the allocator, it must be out with a caller
+        # of this pool.
+        if id(element) not in self._out:
             element = self._claim(element)
         super()._put(element)
 
     def _claim(self, element: T) -> T:
-        """What to take back for ``element``, which is not out: the slot
-        a leak detector lent it for (``leak_sampling``), or the error."""
-        slot = unwatch(self._allocator._watches, element)
-        if slot is None:
+        """What to take back for ``element``, which this pool does not have
+        out: the slot a leak detector lent it for (``leak_sampling``), or
+        the error."""
+        watches = self._allocator._watches
+        slot = aliased_slot(watches, element)
+        if slot is None or id(slot) not in self._out:
             raise self._refusal(element)
+        unwatch(watches, element)
         return cast(T, slot)
 
     def _refusal(self, element: object) -> ValueError:
         if any(e is element for e in self._elements):
             return DoubleFreeError(
-                f"{self!r}: double free of {element!r:.60}: it is already "
+                f"{self!r}: double free of {short_repr(element)}: it is already "
                 "in the pool's reserve"
             )
-        return self._allocator._refusal(element)
+        return self._allocator._refusal(element, self._out)
+
+    def _describe(self, element: T) -> str:
+        allocator = self._allocator
+        if isinstance(allocator, SlabCache) and allocator.owns(element):
+            return slot_name(allocator, element)
+        return short_repr(element)
 
     def close(self) -> None:
         """Close the pool, and the cache it made for itself, if it did."""
@@ -154,16 +182,14 @@ class SlabPool(TrackedPool[memoryview]):
     ``free_fn``; a new slab, the limit, the headroom and a closed cache go
     the general way, through the cache's own code.
 
-    ``_slab_free`` and ``_slab_busy`` are the cache's free list and busy
-    set themselves (the cache never replaces them): one attribute lookup
-    less per use on the hot paths."""
+    ``_slab_free`` is the cache's free list itself (the cache never
+    replaces it): one attribute lookup less per use on the hot paths."""
 
-    __slots__ = ("_slab_busy", "_slab_free")
+    __slots__ = ("_slab_free",)
     _allocator: SlabCache
 
     def __init__(self, min_nr: int, cache: SlabCache, **options: Any) -> None:
         self._slab_free = cache._free
-        self._slab_busy = cache._busy
         super().__init__(min_nr, cache, **options)
 
     async def alloc(
@@ -171,7 +197,7 @@ class SlabPool(TrackedPool[memoryview]):
     ) -> memoryview | None:
         """As ``Mempool.alloc()``."""
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
-            # SlabCache._pop_free(cache._limit), inlined: the awaited cycle
+            # SlabCache._pop_free(cache._limit, out), inlined: the awaited cycle
             # is the one that must beat an asyncio.Queue of buffers, and a
             # call costs a tenth of it. Only the mechanics are copied; the
             # policy (growth, limit, headroom, closing) stays in the cache.
@@ -180,7 +206,7 @@ class SlabPool(TrackedPool[memoryview]):
             out = cache._nr_objects - len(free)
             if free and out < cache._limit:
                 view = free.pop()
-                self._slab_busy.add(id(view))
+                self._out.add(id(view))
                 if out >= cache._high_water:
                     cache._high_water = out + 1
                 self._allocs += 1
@@ -198,7 +224,7 @@ class SlabPool(TrackedPool[memoryview]):
             or gfp_mask is GFP_ATOMIC
         ) and not self._gate:
             cache = self._allocator
-            view = cache._pop_free(cache._limit)
+            view = cache._pop_free(cache._limit, self._out)
             if view is not None:
                 self._allocs += 1
                 return view
@@ -212,9 +238,11 @@ class SlabPool(TrackedPool[memoryview]):
         if not self._gate and cache._limit and element is not None:
             # SlabCache._push_free(), inlined as _pop_free() is in alloc().
             try:
-                self._slab_busy.remove(id(element))
+                self._out.remove(id(element))
             except KeyError:
-                cache._push_free(element)  # raises, or finds a sampled alias
+                # A sampled alias's slot, or the pool's refusal (which knows
+                # its own reserve) is raised.
+                cache._push_free(self._claim(element), self._out)
             else:
                 self._slab_free.append(element)
                 cache._frees += 1
@@ -238,7 +266,7 @@ class _ZeroingPool(SlabPool):
         """Wipe the element, then free it: the next borrower reads zeros.
         In debug mode poisoning wipes it, and it is zeroed when handed out."""
         if element is not None and self._debug is None:
-            if id(element) not in self._allocator._busy:
+            if id(element) not in self._out:
                 element = self._claim(element)
             element[:] = self._zeros
         super().free(element)
@@ -259,7 +287,7 @@ class _SampledPool(SlabPool):
         check_nr("leak_sampling", leak_sampling)
         super().__init__(min_nr, cache, **options)
         every = leak_sampling if self._debug is None else sys.maxsize
-        self._sampler = LeakSampler(self, cache, every)
+        self._sampler = LeakSampler(self, cache, every, self._out)
 
     async def alloc(
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
@@ -270,7 +298,7 @@ class _SampledPool(SlabPool):
         view = None
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
             cache = self._allocator
-            view = cache._pop_free(cache._limit)
+            view = cache._pop_free(cache._limit, self._out)
             if view is not None:
                 self._allocs += 1
         if view is None:
@@ -288,7 +316,7 @@ class _SampledPool(SlabPool):
             or gfp_mask is GFP_ATOMIC
         ) and not self._gate:
             cache = self._allocator
-            view = cache._pop_free(cache._limit)
+            view = cache._pop_free(cache._limit, self._out)
             if view is not None:
                 self._allocs += 1
         if view is None:

@@ -10,15 +10,24 @@ Bookkeeping, on the event loop's thread (nothing here is thread-safe):
 
 * ``_free``: the free list, a stack of slot views (top at the end): reuse
   is most-recently-freed first, the buffer still warm in the CPU cache.
-* ``_busy``: ``id()`` of every view handed out and not yet freed. The
-  cache keeps its slot views alive, so their ids name them and nothing else.
+* ``_busy``: ``id()`` of every view that ``alloc()`` handed out and that
+  is not freed yet. A pool of this package keeps the ids of the views it
+  has out in a set of its own, its holder set, which it passes to
+  ``_alloc_fn(mask, busy)`` and ``_free_fn(view, busy)`` (as a Mempool's
+  ``pool_data``: ``mempool_alloc_slab()``); ``alloc()`` and ``free()`` pass
+  ``_busy``. A free must find the view in the set it names, so two pools
+  sharing a cache cannot free each other's buffers. The cache keeps its
+  slot views alive, so their ids name them and nothing else.
 * ``_slots``: ``id(view) -> (slab, index)`` for every slot view, to name
   the slot in error messages and to find a slab's views in ``shrink()``.
 * ``_watches``: ``id(alias) -> watch`` for the buffers a leak detector lent
   as an alias of their slot (``_leaks.LeakSampler``): ``free()`` of an alias
   frees its slot.
 
-Invariants: a slot view is in exactly one of the free list and ``_busy``.
+Invariants: a slot view is in exactly one of the free list and the holder
+sets, or lent to a mempool's reserve (in none), or, once the cache is closed,
+free in a slab that still has objects out (counted in ``_stranded``: the
+free list is emptied by ``close()``, since nothing is allocated again).
 Objects "out" are counted as ``_nr_objects - len(_free)`` rather than
 ``len(_busy)``: whatever is not on the free list is out, whoever holds it
 (a caller, or a mempool's reserve it was lent to), and counts against
@@ -34,7 +43,7 @@ from contextlib import suppress
 from typing import Any
 
 from ._checks import check_nr
-from ._leaks import unwatch
+from ._leaks import aliased_slot, unwatch
 from ._poison import check_poison, poison, slot_name
 from .debug import debug_enabled
 from .errors import (
@@ -123,9 +132,10 @@ class SlabCache:
 
     __slots__ = (
         "__weakref__", "_alloc_failures", "_busy", "_cap", "_closed", "_debug",
-        "_free", "_frees", "_headroom", "_high_water", "_limit", "_max_objects",
-        "_name", "_next_number", "_nr_objects", "_object_size",
-        "_objects_per_slab", "_page_aligned", "_slabs", "_slots", "_watches",
+        "_free", "_frees", "_headroom", "_high_water", "_limit",
+        "_max_objects", "_name", "_next_number", "_nr_objects", "_object_size",
+        "_objects_per_slab", "_out_by_slab", "_page_aligned", "_slabs", "_slots",
+        "_stranded", "_watches",
     )  # fmt: skip
 
     def __init__(
@@ -188,7 +198,11 @@ class SlabCache:
         self._free: list[memoryview] = []
         self._busy: set[int] = set()
         self._slots: dict[int, tuple[_Slab, int]] = {}
-        self._slabs: list[_Slab] = []
+        self._slabs: dict[int, _Slab] = {}  # by number, in order of making
+        # After close(): the objects each slab has out, and the free slots
+        # of those slabs (see free()).
+        self._out_by_slab: dict[_Slab, int] = {}
+        self._stranded = 0
         self._next_number = 0
         self._nr_objects = 0  # in every slab: == len(self._slots)
         # Only free() changes _frees and only alloc() the objects out, each by
@@ -235,7 +249,7 @@ class SlabCache:
 
     def stats(self) -> SlabStats:
         """A frozen snapshot of the cache's counters and gauges."""
-        nfree = len(self._free)
+        nfree = len(self._free) + self._stranded
         return SlabStats(
             name=self._name,
             object_size=self._object_size,
@@ -252,7 +266,7 @@ class SlabCache:
     def __repr__(self) -> str:
         name = f" {self._name!r}" if self._name is not None else ""
         state = " closed" if self._closed else ""
-        nfree = len(self._free)
+        nfree = len(self._free) + self._stranded
         return (
             f"<SlabCache{name}{state} object_size={self._object_size} "
             f"in_use={self._nr_objects - nfree} free={nfree} "
@@ -281,50 +295,45 @@ class SlabCache:
         """
         if gfp_mask is not GFP_NOWAIT and gfp_mask is not GFP_KERNEL:
             decode_mask(gfp_mask)  # raises on a bad mask
-        view = self._pop_free(self._limit)
+        return self._alloc_fn(gfp_mask, self._busy)
+
+    def _alloc_fn(self, gfp_mask: GFP | int, busy: set[int]) -> memoryview | None:
+        """alloc() for callers whose mask is known good, the buffer's id
+        kept in ``busy``, the holder set (see the module's docstring)."""
+        view = self._pop_free(self._limit, busy)
         if view is None:
-            view = self._alloc_slow(gfp_mask)
+            view = self._alloc_slow(gfp_mask, busy)
         if self._debug and view is not None:
-            self._check(view)
+            self._check(view, busy)
         return view
 
-    def _alloc_fn(self, gfp_mask: GFP | int, pool_data: object) -> memoryview | None:
-        # alloc() for callers whose mask is known good, such as the pools
-        # of this package: a Mempool's alloc_fn (mempool_alloc_slab()).
-        view = self._pop_free(self._limit)
-        if view is None:
-            view = self._alloc_slow(gfp_mask)
-        if self._debug and view is not None:
-            self._check(view)
-        return view
-
-    def _check(self, view: memoryview) -> None:
+    def _check(self, view: memoryview, busy: set[int]) -> None:
         """Debug mode: check the poison of a buffer just handed out. On a
         mismatch it goes back on the free list, poisoned afresh."""
         try:
             check_poison(view, lambda: f"{self!r}: {slot_name(self, view)}")
         except CorruptionError:
-            self._busy.remove(id(view))
+            busy.remove(id(view))
             self._free.append(view)
             raise
 
-    def _pop_free(self, limit: int) -> memoryview | None:
-        """Hand out the top free slot if fewer than ``limit`` objects are
-        out; None if not, or if no slot is free. The common case of every
-        allocation, called by SlabPool's hot paths too (_limit is 0 once
-        the cache is closed: then it always says None). SlabPool.alloc()
-        inlines it: change both together."""
+    def _pop_free(self, limit: int, busy: set[int]) -> memoryview | None:
+        """Hand out the top free slot, into ``busy``, if fewer than ``limit``
+        objects are out; None if not, or if no slot is free. The common
+        case of every allocation, called by SlabPool's hot paths too
+        (_limit is 0 once the cache is closed: then it always says None).
+        SlabPool.alloc() inlines it: change both together."""
         free = self._free
         out = self._nr_objects - len(free)
         if not free or out >= limit:
             return None
         view = free.pop()
-        self._busy.add(id(view))
+        busy.add(id(view))
         if out >= self._high_water:
             self._high_water = out + 1
         return view
 
-    def _alloc_slow(self, gfp_mask: GFP | int) -> memoryview | None:
+    def _alloc_slow(self, gfp_mask: GFP | int, busy: set[int]) -> memoryview | None:
         """_alloc_fn() when _pop_free() said None: closed, over the limit,
         or nothing free."""
         if self._closed:
@@ -344,7 +353,7 @@ class SlabCache:
         if not self._free and not self._grow():
             self._alloc_failures += 1
             return None
-        return self._pop_free(limit)
+        return self._pop_free(limit, busy)
 
     def _grow(self) -> bool:
         """Add one slab, its slots on the free list; False if out of memory."""
@@ -356,7 +365,7 @@ class SlabCache:
             return False
         slab = _Slab(self._next_number, block, self._object_size)
         self._next_number += 1
-        self._slabs.append(slab)
+        self._slabs[slab.number] = slab
         for index, view in enumerate(slab.views):
             self._slots[id(view)] = (slab, index)
             if self._debug:
@@ -375,48 +384,80 @@ class SlabCache:
         ``free_fn``, as ``mempool_free_slab()`` does).
 
         Only the very view handed out is taken, once: not a slice of it, a
-        copy, or a buffer of another cache. Never awaits. After
-        ``close()``, a slab goes back as soon as its last buffer does.
+        copy, a buffer of another cache, or one a pool of this cache holds.
+        Never awaits. After ``close()``, a slab goes back as soon as its
+        last buffer does; each free costs O(1) then too.
+
+        What is caught: a free of a buffer that is free (an immediate double
+        free), of anything that is not one of the cache's buffers (a slice,
+        a copy, another cache's), of one another pool holds. What is not,
+        as in the kernel's SLUB outside its debug options: a stale free of
+        a buffer that was freed and then handed out again, since the same
+        view stands for its slot at every allocation; it is taken as a free
+        of the current holder's buffer. Debug mode catches that too, in the
+        pools of ``aiomempool.pools``: it lends a fresh view per allocation.
 
         Raises:
             DoubleFreeError: ``view`` is a buffer of this cache, already free.
-            ForeignElementError: ``view`` is not a buffer of this cache.
+            ForeignElementError: ``view`` is not a buffer of this cache, or
+                one that a pool of this cache holds.
         """
-        self._push_free(view)
+        self._free_fn(view, self._busy)
+
+    def _free_fn(self, view: memoryview, busy: set[int]) -> None:
+        """free() of a buffer kept in ``busy`` (see ``_alloc_fn``)."""
+        self._push_free(view, busy)
         if self._debug:
             poison(self._free[-1])  # the slot just taken back
         if self._closed:
-            self.shrink()
+            self._reap()
 
-    def _push_free(self, view: memoryview) -> None:
-        """Take back a view that is out: the common case of every free.
-        SlabPool.free() inlines it: change both together."""
+    def _push_free(self, view: memoryview, busy: set[int]) -> None:
+        """Take back a view kept in ``busy``: the common case of every
+        free. SlabPool.free() inlines it: change both together."""
         try:
-            self._busy.remove(id(view))
+            busy.remove(id(view))
         except KeyError:
-            slot = unwatch(self._watches, view)  # a leak detector's alias?
-            if slot is None:
-                raise self._refusal(view) from None
-            self._busy.remove(id(slot))
+            slot = aliased_slot(self._watches, view)  # a leak detector's alias?
+            if slot is None or id(slot) not in busy:
+                raise self._refusal(view, busy) from None
+            unwatch(self._watches, view)
+            busy.remove(id(slot))
             view = slot
         self._free.append(view)
         self._frees += 1
 
-    def _refusal(self, view: object) -> ValueError:
-        """The error for a free() of something not out: what was it?"""
-        where = self._slots.get(id(view))
-        if where is not None and where[0].views[where[1]] is view:
-            # Neither out with a caller nor (then) on the free list: lent
-            # to a mempool, whose reserve holds it.
-            state = (
-                "it is already free"
-                if any(v is view for v in self._free)
-                else "it is already back, in a mempool's reserve"
-            )
-            return DoubleFreeError(
-                f"{self!r}: double free of {view!r} (slab {where[0].number}, "
-                f"slot {where[1]}): {state}"
-            )
+    def _refusal(self, view: object, busy: set[int]) -> ValueError:
+        """The error for a free() of something not in ``busy``: what was
+        it?"""
+        slot = aliased_slot(self._watches, view)  # a leak detector's alias
+        if slot is None:
+            slot = view  # type: ignore[assignment]
+        where = self._slots.get(id(slot))
+        if where is not None and where[0].views[where[1]] is slot:
+            name = f"{view!r} (slab {where[0].number}, slot {where[1]})"
+            if busy is not self._busy:
+                # From a pool: out with the cache's own callers, or with
+                # another pool of this cache (or in its reserve).
+                if id(slot) in self._busy:
+                    return ForeignElementError(
+                        f"{self!r}: {name} is out with a caller of the cache's "
+                        "own alloc(), not with this pool: free it there"
+                    )
+                if not any(v is slot for v in self._free):
+                    return ForeignElementError(
+                        f"{self!r}: {name} belongs to another pool of this "
+                        "cache (out with it, or in its reserve): free it there"
+                    )
+            if self._closed:
+                state = "it is not out (freed already, or in a mempool's reserve)"
+            elif any(v is view for v in self._free):
+                state = "it is already free"
+            else:
+                # Neither out with a caller of alloc() nor on the free list:
+                # a pool's, out with it or lent to its reserve.
+                state = "it is a mempool's (in its reserve, or out with it)"
+            return DoubleFreeError(f"{self!r}: double free of {name}: {state}")
         hint = ""
         if isinstance(view, memoryview):
             try:
@@ -424,20 +465,14 @@ class SlabCache:
             except ValueError:
                 hint = "; it is released (its slab given back by shrink()?)"
             else:
-                for slab in self._slabs:
+                for slab in self._slabs.values():
                     if slab.block is obj:
                         hint = f"; it views the memory of slab {slab.number}"
                         break
         return ForeignElementError(
-            f"{self!r}: {view!r} is not a buffer handed out by this cache "
-            f"(a slice or a copy?){hint}"
+            f"{self!r}: {short_repr(view)} is not a buffer handed out by this "
+            f"cache (a slice or a copy?){hint}"
         )
-
-    # -- internal: alloc() and free() as a Mempool's callbacks, for the
-    # mempools of this package built on a cache (mempool_alloc_slab() and
-    # mempool_free_slab() in the kernel).
-
-    _free_fn = free
 
     # -- giving memory back ------------------------------------------------
 
@@ -453,19 +488,24 @@ class SlabCache:
         for view in self._free:
             number = slots[id(view)][0].number
             nfree[number] = nfree.get(number, 0) + 1
-        empty = [s for s in self._slabs if nfree.get(s.number) == len(s.views)]
+        empty = [s for s in self._slabs.values() if nfree.get(s.number) == len(s.views)]
         if not empty:
             return 0
         gone = {s.number for s in empty}
-        self._slabs = [s for s in self._slabs if s.number not in gone]
         # Every view of those slabs is on the free list: none is out.
         self._free[:] = [v for v in self._free if slots[id(v)][0].number not in gone]
         for slab in empty:
-            for view in slab.views:
-                del slots[id(view)]
-            self._nr_objects -= len(slab.views)
-            slab.release()
+            self._release(slab)
         return len(empty)
+
+    def _release(self, slab: _Slab) -> None:
+        """Forget ``slab``, none of whose views is out or on the free list,
+        and give its memory back."""
+        del self._slabs[slab.number]
+        for view in slab.views:
+            del self._slots[id(view)]
+        self._nr_objects -= len(slab.views)
+        slab.release()
 
     def close(self) -> None:
         """Give every slab back and refuse further allocations; idempotent.
@@ -475,6 +515,39 @@ class SlabCache:
         each slab goes the moment its last object returns. Every later
         ``alloc()`` raises ``PoolClosedError``. Never awaits.
         """
+        if self._closed:
+            return
         self._closed = True
         self._limit = 0  # see alloc(): every call now takes the slow path
         self.shrink()
+        # Nothing is allocated again: the free list is only books now. Each
+        # slab left counts its objects out, and goes when that reaches 0
+        # (_reap()): O(1) per free, where a shrink() per free rescanned all.
+        slots = self._slots
+        out = {slab: len(slab.views) for slab in self._slabs.values()}
+        for view in self._free:
+            out[slots[id(view)][0]] -= 1
+        self._out_by_slab = out
+        self._stranded = len(self._free)
+        self._free.clear()
+
+    def _reap(self) -> None:
+        """After close(): the view just freed, on top of the free list,
+        leaves it; its slab goes if that was its last object out."""
+        view = self._free.pop()
+        slab = self._slots[id(view)][0]
+        out = self._out_by_slab[slab] - 1
+        if out:
+            self._out_by_slab[slab] = out
+            self._stranded += 1
+            return
+        del self._out_by_slab[slab]
+        self._stranded -= len(slab.views) - 1  # its other slots were free
+        self._release(slab)
+
+
+def short_repr(element: object) -> str:
+    """An element for an error message: never its bytes."""
+    if isinstance(element, (bytes, bytearray)):
+        return f"<{type(element).__name__} of {len(element)} bytes at {id(element):#x}>"
+    return format(repr(element), ".60")

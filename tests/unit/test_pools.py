@@ -15,10 +15,12 @@ from aiomempool import (
     GFP_NOWAIT,
     DoubleFreeError,
     ForeignElementError,
+    InvalidFreeError,
     Mempool,
     SlabCache,
     buffer_pool,
 )
+from aiomempool.pools import slab_pool
 
 
 def address(view: memoryview) -> int:
@@ -294,3 +296,89 @@ async def test_slab_fast_paths_still_refuse_masks_that_only_equal_a_fast_one(
         pool.free(buf)
     assert pool.stats().outstanding == 0
     pool.close()
+
+
+# -- pools sharing one cache, and stale frees --------------------------------
+
+
+def shared_cache_pools(
+    **options: object,
+) -> tuple[SlabCache, Mempool[memoryview], Mempool[memoryview]]:
+    cache = SlabCache(64, objects_per_slab=8)
+    return cache, slab_pool(2, cache, **options), slab_pool(2, cache, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"leak_sampling": 1}, {"debug": True}],
+    ids=["plain", "leak_sampling", "debug"],
+)
+@pytest.mark.parametrize("state", ["steady", "reserve-low"])
+def test_a_buffer_freed_into_the_wrong_pool_of_a_shared_cache_is_refused(
+    options: dict[str, object], state: str
+) -> None:
+    cache, a, b = shared_cache_pools(**options)
+    debug = "debug" in options
+    if state == "reserve-low":
+        # Both pools off their hot paths: the reserve takes what comes back.
+        a.alloc_nowait(GFP_ATOMIC)
+        a.alloc_nowait(GFP_ATOMIC)
+        b.alloc_nowait(GFP_ATOMIC)
+    buf = a.alloc_nowait()
+    assert buf is not None
+    before = (a.stats(), b.stats(), cache.stats())
+    # Debug mode lends a fresh view, which the cache cannot trace to a slot.
+    with pytest.raises(ForeignElementError, match=None if debug else "free it there"):
+        b.free(buf)
+    with pytest.raises(InvalidFreeError, match=None if debug else "a mempool's"):
+        cache.free(buf)  # the cache's own callers do not hold it either
+    assert (a.stats(), b.stats(), cache.stats()) == before
+    a.free(buf)  # its own pool takes it
+    assert a.stats().outstanding == before[0].outstanding - 1
+    assert b.stats().outstanding == before[1].outstanding
+
+
+def test_a_buffer_of_the_caches_own_callers_is_refused_by_its_pools() -> None:
+    cache, a, _ = shared_cache_pools()
+    buf = cache.alloc()
+    assert buf is not None
+    with pytest.raises(
+        ForeignElementError, match="out with a caller of the cache.s own alloc"
+    ):
+        a.free(buf)
+    assert a.stats().outstanding == 0
+    cache.free(buf)
+
+
+@pytest.mark.asyncio
+async def test_the_wrong_pool_refuses_a_buffer_while_its_own_tasks_wait() -> None:
+    cache = SlabCache(64, objects_per_slab=4, max_objects=4, headroom=0)
+    a = slab_pool(1, cache)
+    b = slab_pool(1, cache)
+    held = [a.alloc_nowait(), a.alloc_nowait(), b.alloc_nowait()]  # all 4 out
+    assert None not in held and cache.alloc() is None
+    waiter = asyncio.ensure_future(b.alloc())
+    await asyncio.sleep(0)
+    assert b.waiters == 1
+    with pytest.raises(ForeignElementError):
+        b.free(held[0])  # a's: neither handed to b's waiter nor kept
+    assert b.waiters == 1
+    a.free(held[0])
+    b.free(held[2])
+    assert await asyncio.wait_for(waiter, 5) is held[2]
+
+
+def test_debug_mode_catches_a_stale_free_after_the_buffer_was_handed_out_again() -> (
+    None
+):
+    pool = buffer_pool(64, min_nr=1, max_nr=4, debug=True)
+    first = pool.alloc_nowait()
+    assert first is not None
+    pool.free(first)
+    again = pool.alloc_nowait()  # the same slot, lent as a new view
+    assert again is not None and again is not first
+    with pytest.raises(DoubleFreeError, match="first freed at"):
+        pool.free(first)  # stale: its slot is the current holder's
+    assert pool.stats().outstanding == 1
+    pool.free(again)
+    assert pool.stats().outstanding == 0
