@@ -1,7 +1,9 @@
 """A small Redis-protocol (RESP2) server that parses in place in pooled buffers.
 
 PING, ECHO, SET, GET, DEL, INCR and CONFIG GET (enough for ``redis-cli``
-and ``redis-benchmark -t ping,set,get``), pipelined or not. Commands are
+and ``redis-benchmark -t ping,set,get``), pipelined or not, as RESP arrays
+or inline (``printf 'PING\n' | nc 127.0.0.1 PORT``: split as redis-server
+splits them, quotes included, one ended by a bare LF too). Commands are
 parsed straight from the pool's buffer by slicing memoryviews; only the
 keys and values it stores are copied. A command cut by the end of a read
 is kept at the start of the buffer (``keep_buffer()``) and completed by the
@@ -30,10 +32,15 @@ ARRAY = re.compile(rb"\*(\d{1,10})\r\n").match
 BULK = re.compile(rb"\$(\d{1,10})\r\n").match
 # What a header cut by the end of a read may look like.
 CUT_HEADER = re.compile(rb"[*$]\d{0,10}\r?").fullmatch
-CRLF = re.compile(rb"\r\n").search
+# An inline command ends at a LF, with or without a CR before it.
+LF = re.compile(rb"\n").search
+# What takes an inline command off the fast path of bytes.split(): quotes,
+# and the two blanks that split() splits on but redis-server keeps inside
+# an argument (vertical tab, form feed).
+NOT_PLAIN = re.compile(rb"[\"'\v\f]").search
 MAX_BULK = 512 * 1024 * 1024  # Redis's proto-max-bulk-len
 MAX_ARGS = 1024 * 1024
-MAX_INLINE = 64 * 1024
+MAX_INLINE = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
@@ -90,7 +97,8 @@ def parse_command(view: memoryview, pos: int) -> tuple[list[memoryview], int] | 
 def parse_rare(view: memoryview, pos: int) -> tuple[list[memoryview], int] | None:
     """At ``pos``, where no array header with a whole first argument header
     follows: the end of the read, a header cut by it, an empty array, an
-    inline command ("PING\r\n"), or a protocol error."""
+    inline command ("PING\r\n" or "PING\n", split as ``split_inline()``
+    says), or a protocol error."""
     if pos >= len(view):
         return None
     m = ARRAY(view, pos)
@@ -105,13 +113,94 @@ def parse_rare(view: memoryview, pos: int) -> tuple[list[memoryview], int] | Non
         if CUT_HEADER(view, pos):
             return None
         raise ProtocolError("expected '*' and a length")
-    m = CRLF(view, pos, pos + MAX_INLINE)
+    m = LF(view, pos, pos + MAX_INLINE)
     if m is None:
         if len(view) - pos >= MAX_INLINE:
-            raise ProtocolError("inline command too long")
+            raise ProtocolError("too big inline request")
         return None
-    line = bytes(view[pos : m.start()])
-    return [memoryview(arg) for arg in line.split()], m.end()
+    # The CR of a CRLF is kept: both splits take it for a blank, and a CR
+    # inside quotes leaves them unclosed at the end of the line either way.
+    line = view[pos : m.start()].tobytes()
+    args = line.split() if NOT_PLAIN(line) is None else split_inline(line)
+    return [memoryview(arg) for arg in args], m.end()
+
+
+# redis-server's inline arguments (sds.c's sdssplitargs()): blanks between
+# them are C's isspace(); an unquoted one ends at a space, tab, CR or LF.
+SPACE = frozenset(b" \t\n\v\f\r")
+ENDS_ARG = frozenset(b" \t\n\r")
+HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
+ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+UNBALANCED = "unbalanced quotes in request"
+
+
+def split_inline(line: bytes) -> list[bytes]:
+    """The arguments of an inline command, as redis-server splits them.
+
+    Blanks separate arguments; quotes group bytes into one, and may open in
+    the middle of it (``a"b c"`` is ``ab c``). In "double quotes", ``\\xHH``
+    is a byte, ``\\n \\r \\t \\b \\a`` are control characters and a
+    backslash before any other byte keeps that byte; in 'single quotes',
+    only ``\\'`` is an escape. A quote that is not closed, or whose closing
+    quote is followed by anything but a blank, raises ProtocolError
+    ("unbalanced quotes in request"), which closes the connection.
+    """
+    args: list[bytes] = []
+    end = len(line)
+    i = 0
+    while True:
+        while i < end and line[i] in SPACE:
+            i += 1
+        if i == end:
+            return args
+        arg = bytearray()
+        quote = 0  # the open quote, b'"' or b"'", or 0
+        while True:
+            if i == end:
+                if quote:
+                    raise ProtocolError(UNBALANCED)
+                break
+            c = line[i]
+            if quote == 0x22:  # '"'
+                if c == 0x5C and i + 1 < end:  # a backslash, and a byte after it
+                    escaped = line[i + 1]
+                    if (
+                        escaped == 0x78  # "x"
+                        and i + 3 < end
+                        and line[i + 2] in HEX_DIGITS
+                        and line[i + 3] in HEX_DIGITS
+                    ):
+                        arg.append(int(line[i + 2 : i + 4], 16))
+                        i += 4
+                    else:
+                        arg.append(ESCAPES.get(escaped, escaped))
+                        i += 2
+                    continue
+                if c == 0x22:
+                    if i + 1 < end and line[i + 1] not in SPACE:
+                        raise ProtocolError(UNBALANCED)
+                    i += 1
+                    break
+                arg.append(c)
+            elif quote == 0x27:  # "'"
+                if c == 0x5C and i + 1 < end and line[i + 1] == 0x27:
+                    arg.append(0x27)
+                    i += 2
+                    continue
+                if c == 0x27:
+                    if i + 1 < end and line[i + 1] not in SPACE:
+                        raise ProtocolError(UNBALANCED)
+                    i += 1
+                    break
+                arg.append(c)
+            elif c in ENDS_ARG:
+                break
+            elif c == 0x22 or c == 0x27:
+                quote = c
+            else:
+                arg.append(c)
+            i += 1
+        args.append(bytes(arg))
 
 
 def cut_bulk(view: memoryview, pos: int) -> None:
@@ -159,9 +248,15 @@ class Store:
             )
 
     def ping(self, args: list[memoryview]) -> bytes:
-        return bulk(args[1]) if len(args) > 1 else b"+PONG\r\n"
+        if len(args) == 1:
+            return b"+PONG\r\n"
+        if len(args) != 2:
+            raise IndexError
+        return bulk(args[1])
 
     def echo(self, args: list[memoryview]) -> bytes:
+        if len(args) != 2:
+            raise IndexError
         return bulk(args[1])
 
     def set(self, args: list[memoryview]) -> bytes:

@@ -224,6 +224,60 @@ def ping(port: int) -> None:
         assert sock.recv(100) == b"+PONG\r\n"
 
 
+def read_until(sock: socket.socket, expected: bytes) -> bytes:
+    """What ``sock`` receives until it has ``expected`` or the server closes
+    the connection (each read waits 5 s at most)."""
+    got = b""
+    while len(got) < len(expected):
+        data = sock.recv(65536)
+        if not data:
+            break
+        got += data
+    return got
+
+
+@LOOPS
+def test_resp_server_answers_inline_commands_ended_by_a_bare_lf(
+    loop: list[str],
+) -> None:
+    with server("resp_server.py", loop) as port:
+        # As `printf 'PING\n' | nc 127.0.0.1 PORT` sends it: a line, then EOF.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"PING\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_until(sock, b"+PONG\r\n" + b"?") == b"+PONG\r\n"
+        # Split as redis-server splits them: quotes group, escapes in them.
+        lines = [
+            (b"ping hi\n", b"$2\r\nhi\r\n"),
+            (b'SET "a b" "c\\td"\r\n', b"+OK\r\n"),
+            (b"GET 'a b'\n", b"$3\r\nc\td\r\n"),
+            (b'ECHO "\\x41\\"\\n"\n', b'$3\r\nA"\n\r\n'),
+            (b"\n", b""),  # an empty line: nothing to run
+            (b"  PING  \n", b"+PONG\r\n"),
+        ]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            for line, _ in lines:
+                sock.sendall(line)
+            expected = b"".join(reply for _, reply in lines)
+            assert read_until(sock, expected) == expected
+
+
+@LOOPS
+@pytest.mark.parametrize("line", [b'SET "a b\n', b"SET 'a b\r\n", b'SET "a"b c\n'])
+def test_resp_server_refuses_unbalanced_quotes_and_closes(
+    loop: list[str], line: bytes
+) -> None:
+    error = b"-ERR Protocol error: unbalanced quotes in request\r\n"
+    with server("resp_server.py", loop) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            # The command before it is answered; none after it is run.
+            sock.sendall(b"PING\n" + line + b"PING\n")
+            assert read_until(sock, b"+PONG\r\n" + error + b"?") == (
+                b"+PONG\r\n" + error
+            )
+        ping(port)  # the server goes on
+
+
 @pytest.fixture
 def cli(redis_cli: str) -> Callable[..., str]:
     """``cli(port, *args)``: redis-cli's answer from 127.0.0.1:port."""

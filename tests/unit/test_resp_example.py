@@ -1,6 +1,6 @@
 """examples/resp_server.py's parser and protocol, fed in every way a stream
 can be cut: whole commands, commands cut anywhere, commands larger than a
-buffer, inline commands, and garbage."""
+buffer, inline commands (split as redis-server splits them), and garbage."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,3 +163,110 @@ def test_incr_del_and_errors() -> None:
         b"-ERR wrong number of arguments for 'get' command\r\n"
         b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
     )
+
+
+# Inline commands, and what redis-server 7.0 answered each with on a fresh
+# connection: the replies, and whether it then closed the connection.
+UNBALANCED = b"-ERR Protocol error: unbalanced quotes in request\r\n"
+REDIS_INLINE = [
+    (b"PING\n", b"+PONG\r\n", False),
+    (b"PING\r\n", b"+PONG\r\n", False),
+    (b"ping hi\n", b"$2\r\nhi\r\n", False),
+    (b'SET "a b\n', UNBALANCED, True),
+    (b"SET 'a b\n", UNBALANCED, True),
+    (b'PING\nSET "a b\nPING\n', b"+PONG\r\n" + UNBALANCED, True),
+    (b'SET "a"b c\n', UNBALANCED, True),
+    (b'SET a"b c" d\nGET "ab c"\n', b"+OK\r\n$1\r\nd\r\n", False),
+    (b'ECHO "x\\x41\\n\\y"\n', b"$4\r\nxA\ny\r\n", False),
+    (b"ECHO 'it\\'s'\n", b"$4\r\nit's\r\n", False),
+    (b"ECHO 'a\\nb'\n", b"$4\r\na\\nb\r\n", False),
+    (b"\n\r\nPING\n", b"+PONG\r\n", False),
+    (b"ECHO a\x0bb\n", b"$3\r\na\x0bb\r\n", False),
+    (b"ECHO \x0b\x0ca\n", b"$1\r\na\r\n", False),
+    (b'ECHO ""\n', b"$0\r\n\r\n", False),
+    (b"ECHO ''\n", b"$0\r\n\r\n", False),
+    (b'ECHO "a\\"b"\n', b'$3\r\na"b\r\n', False),
+    (b'ECHO "\\x4"\n', b"$2\r\nx4\r\n", False),
+    (b"ECHO a\rb\n", b"-ERR wrong number of arguments for 'echo' command\r\n", False),
+    (b"  PING  \r\n", b"+PONG\r\n", False),
+    (b"PING\r\r\n", b"+PONG\r\n", False),
+    (b'ECHO "a"\t\n', b"$1\r\na\r\n", False),
+    (
+        b'ECHO "a" "b"\n',
+        b"-ERR wrong number of arguments for 'echo' command\r\n",
+        False,
+    ),
+    (b'PING "\n', UNBALANCED, True),
+    (b'ECHO "abc\\\n', UNBALANCED, True),
+    (b"PING a b\r\n", b"-ERR wrong number of arguments for 'ping' command\r\n", False),
+    (b"A" * 70_000, b"-ERR Protocol error: too big inline request\r\n", True),
+]
+
+
+@pytest.mark.parametrize(
+    ("stream", "replies", "closes"),
+    REDIS_INLINE,
+    ids=[repr(stream[:30]) for stream, _, _ in REDIS_INLINE],
+)
+def test_inline_commands_get_redis_servers_replies(
+    stream: bytes, replies: bytes, closes: bool
+) -> None:
+    transport = asyncio.run(drive(stream, []))
+    assert bytes(transport.out) == replies
+    assert transport.closed is closes
+
+
+def quote(arg: bytes, style: str) -> bytes:
+    """``arg`` as an inline argument, in one of the ways redis-server reads."""
+    if style == "hex":  # every byte escaped, as redis-cli's output shows them
+        return b'"' + b"".join(b"\\x%02x" % c for c in arg) + b'"'
+    if style == "double":
+        escaped = arg.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        return b'"' + escaped.replace(b"\n", b"\\n").replace(b"\r", b"\\r") + b'"'
+    return b"'" + arg.replace(b"'", b"\\'") + b"'"  # no backslash before a quote
+
+
+# An argument and a way to quote it: any bytes in double quotes; in single
+# quotes, none that end with a backslash (it would escape the closing quote).
+QUOTED_ARG = st.tuples(st.binary(max_size=40), st.sampled_from(["hex", "double"])) | (
+    st.tuples(
+        st.binary(max_size=40).filter(lambda arg: not arg.endswith(b"\\")),
+        st.just("single"),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    args=st.lists(QUOTED_ARG, min_size=1, max_size=6),
+    blanks=st.sampled_from([b" ", b"\t", b"  \t ", b" \v\f "]),
+)
+def test_quoted_inline_arguments_split_back_exact(
+    args: list[tuple[bytes, str]], blanks: bytes
+) -> None:
+    line = blanks + blanks.join(quote(arg, style) for arg, style in args)
+    assert resp.split_inline(line) == [arg for arg, _ in args]
+
+
+@settings(max_examples=200, deadline=None)
+@given(line=st.binary(max_size=60).map(lambda b: b.translate(None, b"\"'\v\f")))
+def test_a_line_without_quotes_vt_or_ff_splits_as_bytes_split_does(
+    line: bytes,
+) -> None:
+    assert resp.split_inline(line) == line.split()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    arg=st.binary(max_size=2 * BUFFER_SIZE),
+    cuts=CUTS,
+    end=st.sampled_from([b"\n", b"\r\n"]),
+)
+def test_a_quoted_inline_echo_comes_back_exact_however_the_stream_is_cut(
+    arg: bytes, cuts: list[int], end: bytes
+) -> None:
+    # Four bytes a byte: longer than a buffer from 16 bytes on.
+    stream = b"ECHO " + quote(arg, "hex") + end + b"PING" + end
+    transport = asyncio.run(drive(stream, cuts))
+    assert bytes(transport.out) == resp.bulk(arg) + b"+PONG\r\n"
+    assert not transport.closed
