@@ -13,8 +13,9 @@ is back by then (``outstanding=0``).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import anyio.abc
@@ -86,14 +87,58 @@ async def wait_signal(
             return
 
 
+class Parser(argparse.ArgumentParser):
+    """Says what is wrong with the arguments in one line, and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def count(text: str) -> int:
+    """An argument that counts something: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    """A TCP port, or 0 for any free one."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
+    return value
+
+
+class CannotListen(Exception):
+    """The listening socket could not be bound (the port is taken, say)."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        # asyncio's message wraps the system's; the system's alone says it.
+        errno = exc.errno or 0
+        reason = os.strerror(errno) if errno > 0 else exc.strerror or str(exc)
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+def seconds(text: str) -> float:
+    """A duration: a number of seconds > 0."""
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 async def serve(args: argparse.Namespace) -> None:
     pool = buffer_pool(
         args.buffer_size, min_nr=args.min_nr, max_nr=args.max_nr, name="anyio-echo"
     )
     try:
-        listener = await anyio.create_tcp_listener(
-            local_host=args.host, local_port=args.port
-        )
+        try:  # the port may be taken, the host not ours...
+            listener = await anyio.create_tcp_listener(
+                local_host=args.host, local_port=args.port
+            )
+        except OSError as exc:
+            raise CannotListen(args.host, args.port, exc) from exc
         async with listener, anyio.create_task_group() as tg:
             await tg.start(wait_signal, tg.cancel_scope)
             host = listener.extra(anyio.abc.SocketAttribute.local_address)[0]
@@ -112,28 +157,38 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="default: 0, any free port")
+    parser = Parser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port", type=tcp_port, default=0, help="port to listen on; 0: any free one"
+    )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument(
-        "--buffer-size", type=int, default=65536, help="bytes per buffer"
+        "--buffer-size", type=count, default=65536, help="bytes per buffer"
     )
     parser.add_argument(
-        "--min-nr", type=int, default=16, help="buffers kept in reserve"
+        "--min-nr", type=count, default=16, help="buffers kept in reserve"
     )
     parser.add_argument(
-        "--max-nr", type=int, default=1024, help="most buffers in use at once"
+        "--max-nr", type=count, default=1024, help="most buffers in use at once"
     )
     parser.add_argument(
         "--idle-timeout",
-        type=float,
+        type=seconds,
         default=30.0,
-        help="seconds a connection may stay idle (default: 30)",
+        help="seconds a connection may stay idle",
     )
     args = parser.parse_args()
+    if args.min_nr > args.max_nr:
+        parser.error(f"--min-nr ({args.min_nr}) must be <= --max-nr ({args.max_nr})")
     options: dict[str, Any] = {"use_uvloop": args.uvloop}
-    anyio.run(serve, args, backend="asyncio", backend_options=options)
+    try:
+        anyio.run(serve, args, backend="asyncio", backend_options=options)
+    except CannotListen as exc:
+        parser.error(str(exc))
 
 
 if __name__ == "__main__":

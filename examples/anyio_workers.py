@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -68,12 +68,47 @@ async def run(workers: int, buffers: int, seconds: float) -> None:
     print("every buffer is back, nobody is waiting")
 
 
+class Parser(argparse.ArgumentParser):
+    """Says what is wrong with the arguments in one line, and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def count(text: str) -> int:
+    """An argument that counts something: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration: a number of seconds > 0."""
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
-    parser.add_argument("--workers", type=int, default=200)
-    parser.add_argument("--buffers", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=0.5)
+    parser.add_argument(
+        "--workers", type=count, default=200, help="tasks that share the pool"
+    )
+    parser.add_argument(
+        "--buffers", type=count, default=8, help="buffers in the pool, all reserved"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=seconds,
+        default=0.5,
+        help="how long the workers run before their group is cancelled",
+    )
     args = parser.parse_args()
     anyio.run(
         run,

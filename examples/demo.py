@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from aiomempool import GFP, GFP_ATOMIC, GFP_NOWAIT, Mempool
 
@@ -94,8 +94,18 @@ async def tour() -> None:
     print(f"closed {pool!r}; allocator buffers in use: {allocator.in_use}")
 
 
+class Parser(argparse.ArgumentParser):
+    """Says what is wrong with the arguments in one line, and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     args = parser.parse_args()
     # Failed allocations are logged (rate-limited) unless GFP.NOWARN is set.
