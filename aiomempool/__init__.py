@@ -4,8 +4,6 @@ A ``Mempool`` keeps a reserve of ``min_nr`` preallocated elements so that
 work can always make progress when the backing allocator fails.
 """
 
-from .debug import Outstanding
-from .element import ElementContext
 from .errors import (
     AllocTimeoutError,
     CorruptionError,
@@ -17,12 +15,13 @@ from .errors import (
     PoolExhaustedError,
 )
 from .gfp import GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
-from .mempool import Mempool
-from .pools import buffer_pool
+from .mempool import ElementContext, Mempool, named_pools
+from .pools import buffer_pool, kmalloc_pool, page_pool, slab_pool
 from .protocol import PooledBufferedProtocol
 from .slab import SlabCache
-from .sockets import PooledWriter, RecvInto, recv_into
-from .stats import WAIT_BUCKETS, MempoolStats, SlabStats, named_pools
+from .sockets import RecvInto, recv_into
+from .stats import WAIT_BUCKETS, MempoolStats, Outstanding, SlabStats
+from .writer import PooledWriter
 
 __all__ = [
     "GFP",
@@ -48,8 +47,11 @@ __all__ = [
     "SlabCache",
     "SlabStats",
     "buffer_pool",
+    "kmalloc_pool",
     "named_pools",
+    "page_pool",
     "recv_into",
+    "slab_pool",
 ]
 
 __version__ = "0.1.0"

@@ -1,8 +1,13 @@
-"""Argument checks shared by the pool's public methods."""
+"""Argument checks and small helpers shared by the package's modules."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+
+#: The environment variable that turns debug mode on for pools and caches
+#: built with ``debug=None`` (the default).
+ENV = "AIOMEMPOOL_DEBUG"
 
 
 def check_nr(arg: str, value: object) -> int:
@@ -30,3 +35,21 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def debug_enabled(debug: object) -> bool:
+    """``debug`` as given, or for None, what ``AIOMEMPOOL_DEBUG`` says now."""
+    if debug is None:
+        return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes")
+    if type(debug) is not bool:
+        raise TypeError(f"debug must be a bool or None, not {type(debug).__name__}")
+    return debug
+
+
+def short_repr(element: object) -> str:
+    """An element for an error or log message: a short repr, never its
+    bytes (a 64 KiB bytearray's repr is a quarter of a million characters)."""
+    if isinstance(element, (bytes, bytearray)):
+        kind = type(element).__name__
+        return f"<{kind} of {len(element)} bytes at {id(element):#x}>"
+    return format(repr(element), ".60")

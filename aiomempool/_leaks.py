@@ -10,17 +10,16 @@ exporter, a ctypes array on the slot, can be.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._poison import slot_name
+from ._checks import running_loop
 from ._ratelimit import RateLimitedWarning
-from .debug import alias, call_site, site_text
-
-if TYPE_CHECKING:
-    from .mempool import Mempool
-    from .slab import SlabCache
+from ._sites import alias, call_site, site_text
+from .mempool import Mempool
+from .slab import SlabCache
 
 
 class _Watch:
@@ -29,17 +28,21 @@ class _Watch:
     as the alias or any view derived from it: when the last goes, ``_gone``
     runs, unless ``take_back()`` (a free) dropped the reference first."""
 
-    __slots__ = ("key", "ref", "sampler", "site", "slot")
+    __slots__ = ("_slot", "key", "ref", "sampler", "site")
 
     def __init__(self, sampler: LeakSampler, slot: memoryview, exporter: Any) -> None:
         self.sampler = sampler
-        self.slot = slot
+        self._slot = slot
         self.site = call_site()
         self.key = 0
         self.ref: weakref.ref[Any] | None = weakref.ref(exporter, self._gone)
 
     def _gone(self, ref: weakref.ref[Any]) -> None:
         self.sampler._dropped(self)
+
+    @property
+    def slot(self) -> memoryview:
+        return self._slot
 
     def is_alias(self, view: object) -> bool:
         ref = self.ref
@@ -50,26 +53,7 @@ class _Watch:
 
     def take_back(self) -> memoryview:
         self.ref = None  # the weak reference dies with its callback
-        return self.slot
-
-
-def aliased_slot(watches: dict[int, Any], view: object) -> memoryview | None:
-    """The slot a LeakSampler lent ``view`` for, still watched; None if
-    ``view`` is not such an alias."""
-    watch = watches.get(id(view))
-    if watch is None or not watch.is_alias(view):
-        return None
-    return watch.slot  # type: ignore[no-any-return]
-
-
-def unwatch(watches: dict[int, Any], view: object) -> memoryview | None:
-    """The slot a LeakSampler lent ``view`` for, taken back and no longer
-    watched; None if ``view`` is not such an alias."""
-    watch = watches.get(id(view))
-    if watch is None or not watch.is_alias(view):
-        return None
-    del watches[id(view)]
-    return watch.take_back()  # type: ignore[no-any-return]
+        return self._slot
 
 
 class LeakSampler:
@@ -77,8 +61,8 @@ class LeakSampler:
 
     The pool counts its allocations down (``countdown``) and hands the one
     that reaches zero to ``sample()``, which lends an alias of the buffer
-    (``watch()``), registered in the cache's ``_watches`` so that a free of
-    it frees the buffer. Capturing the call site costs microseconds, hence
+    (``watch()``), registered with the cache (``_add_alias()``) so that a
+    free of it frees the buffer. Capturing the call site costs microseconds, hence
     the sampling: the others pay a decrement. An alias dropped without
     ``free()`` is logged with where it was allocated, and its buffer goes
     back to the pool.
@@ -89,7 +73,7 @@ class LeakSampler:
     """
 
     __slots__ = (
-        "__weakref__", "_cache", "_every", "_out", "_pool", "_queue",
+        "__weakref__", "_cache", "_every", "_loop", "_out", "_pool", "_queue",
         "_scheduled", "_warn", "countdown",
     )  # fmt: skip
 
@@ -98,6 +82,9 @@ class LeakSampler:
     ) -> None:
         self._pool = weakref.ref(pool)
         self._out = out  # the pool's holder set, in the cache's books
+        # The loop of the last sample, to drain from: the pool's, since
+        # allocations run on its thread.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._cache = cache
         self._every = every
         self._queue: list[_Watch] = []
@@ -125,14 +112,16 @@ class LeakSampler:
         view, exporter = alias(slot)
         watch = _Watch(self, slot, exporter)
         watch.key = id(view)
-        self._cache._watches[watch.key] = watch
+        self._cache._add_alias(watch.key, watch)
+        loop = running_loop()
+        if loop is not None:
+            self._loop = loop
         return view
 
     def _dropped(self, watch: _Watch) -> None:
         # From the garbage collector: queue, and ask the loop to drain.
         self._queue.append(watch)
-        pool = self._pool()
-        loop = pool._loop if pool is not None else None
+        loop = self._loop
         if loop is not None and not self._scheduled:
             self._scheduled = True
             try:
@@ -152,12 +141,11 @@ class LeakSampler:
         pool = self._pool()
         while self._queue:
             watch = self._queue.pop()
-            if self._cache._watches.get(watch.key) is watch:
-                del self._cache._watches[watch.key]
+            self._cache._drop_alias(watch.key, watch)
             self._warn.warn(
                 "%r: buffer dropped without free() (%s), allocated at:\n%s",
                 pool if pool is not None else self._cache,
-                slot_name(self._cache, watch.slot),
+                self._cache._slot_name(watch.slot),
                 site_text(watch.site),
             )
             if pool is not None:

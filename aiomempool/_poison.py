@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .errors import CorruptionError
-
-if TYPE_CHECKING:
-    from .slab import SlabCache
 
 POISON_INUSE = 0x5A
 POISON_FREE = 0x6B
@@ -83,11 +79,3 @@ def check_poison(buf: memoryview | bytearray, describe: Callable[[], str]) -> No
         f"{data[start:end].hex(' ')}; free memory holds {POISON_FREE:#04x}, "
         f"its last byte {POISON_END:#04x}"
     )
-
-
-def slot_name(cache: SlabCache, view: object) -> str:
-    """'slab N, slot M' for a buffer of ``cache``, else a short repr."""
-    where = cache._slots.get(id(view))
-    if where is not None and where[0].views[where[1]] is view:
-        return f"slab {where[0].number}, slot {where[1]}"
-    return f"{view!r:.60}"

@@ -3,9 +3,9 @@ tracking.
 
 Debug mode is the kernel's slab debugging for a Python process. A pool built
 with ``debug=True`` (or with ``debug=None`` while ``AIOMEMPOOL_DEBUG`` is
-"1", "true" or "yes") never takes its hot paths: ``Mempool._regate()`` keeps
-its gate raised, so every allocation and every free goes through the slow
-paths, where the hooks of ``PoolDebug`` are:
+"1", "true" or "yes") never takes its hot paths: its gate stays raised, so
+every allocation and every free goes through the slow paths, where it
+calls the hooks of ``PoolDebug``:
 
 * ``lend()``: an element leaves the pool for a caller. Where it was
   allocated is remembered, and a memoryview of bytes is lent as a fresh
@@ -13,9 +13,16 @@ paths, where the hooks of ``PoolDebug`` are:
   after ``free()`` raises ``ValueError`` instead of reading the next
   borrower's data.
 * ``reclaim()``: the caller gives it back. A second free is recognised, and
-  reported with where the first one was.
+  reported with where the first one was, even once the element has been
+  handed out again (a stale free).
 * ``poison()`` and ``check()``: an element enters or leaves the reserve. A
   ``SlabCache`` in debug mode does the same to its free slots.
+
+``PoolDebug`` knows no pool type: the pool gives it, at construction, its
+reserve (to tell a free of an element already there), a way to describe an
+element in a message, a way to give an element back (quarantined ones, once
+nobody can reach them) and a weak reference for the pool's own name in
+messages.
 
 Poisoning is the kernel's (see ``_poison.py``): a caller must not assume
 zeros. Only writable bytes are poisoned: a ``bytearray``, or a
@@ -27,115 +34,26 @@ The sampled leak detector for pools outside debug mode is in ``_leaks.py``.
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
-import os
-import sys
 import time
-import traceback
 import weakref
-from dataclasses import dataclass
-from types import CodeType, FrameType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-from ._checks import running_loop
-from ._poison import check_poison, pattern, poison, poisonable
+from ._checks import running_loop, short_repr
+from ._poison import check_poison, poison, poisonable
 from ._ratelimit import RateLimitedWarning, logger
+from ._sites import Site, alias, call_site, site_text
 from .errors import CorruptionError, DoubleFreeError
+from .stats import Outstanding
 
-if TYPE_CHECKING:
-    from .mempool import Mempool
-
-__all__ = ["Outstanding"]
+__all__ = ["PoolDebug"]
 
 T = TypeVar("T")
 
-#: The environment variable that turns debug mode on for pools built with
-#: ``debug=None`` (the default).
-ENV = "AIOMEMPOOL_DEBUG"
 #: Freed fresh views kept alive to recognise a second free of one.
 FREED_KEPT = 4096
-#: Frames kept of an allocation or free site.
-SITE_DEPTH = 8
 #: Seconds between retries of quarantined elements, on the pool's loop.
 RECHECK_S = 0.1
-
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_ASYNCIO = os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep
-
-
-def debug_enabled(debug: object) -> bool:
-    """``debug`` as given, or for None, what ``AIOMEMPOOL_DEBUG`` says now."""
-    if debug is None:
-        return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes")
-    if type(debug) is not bool:
-        raise TypeError(f"debug must be a bool or None, not {type(debug).__name__}")
-    return debug
-
-
-# -- call sites --------------------------------------------------------------
-
-
-#: A call site: (code, line number) of its frames, innermost first.
-Site = tuple[tuple[CodeType, int], ...]
-
-
-def call_site() -> Site:
-    """The caller's innermost SITE_DEPTH frames outside this package, up
-    to the event loop's own (a task's coroutine runs on top of them).
-
-    A microsecond: code objects and line numbers only; the rest, source
-    lines included, is looked up when the site is formatted.
-    """
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame = frame.f_back
-    site: list[tuple[CodeType, int]] = []
-    while frame is not None and len(site) < SITE_DEPTH:
-        code = frame.f_code
-        if code.co_filename.startswith(_ASYNCIO):
-            break
-        site.append((code, frame.f_lineno))
-        frame = frame.f_back
-    return tuple(site)
-
-
-def site_text(site: Site | None) -> str:
-    """A site as a traceback prints it, oldest call first."""
-    if not site:
-        return "  (unknown)\n"
-    frames = [(c.co_filename, line, c.co_name, None) for c, line in reversed(site)]
-    return "".join(traceback.StackSummary.from_list(frames).format())
-
-
-@dataclass(frozen=True)
-class Outstanding(Generic[T]):
-    """An element out with a caller: what ``Mempool.outstanding()`` lists."""
-
-    #: The element, as the caller holds it.
-    element: T
-    #: Where it was allocated: the innermost calls outside aiomempool,
-    #: formatted as a traceback prints them.
-    allocated_at: str
-    #: Seconds since it was allocated.
-    age_s: float
-
-
-# -- debug mode ----------------------------------------------------------------
-
-
-def alias(view: memoryview) -> tuple[memoryview, Any]:
-    """A fresh view of the memory of ``view`` (``poisonable()``), and its
-    exporter: a ctypes array on that memory which, unlike a memoryview, can
-    be weakly referenced. The array lives as long as the fresh view or a
-    view derived from it (a slice, ``memoryview(fresh)``) does. No
-    memoryview exports another here: the garbage collector may crash the
-    interpreter when it breaks a cycle through such a pair."""
-    exporter = (ctypes.c_char * view.nbytes).from_buffer(view)
-    whole = memoryview(exporter)
-    fresh = whole.cast("B")
-    whole.release()
-    return fresh, exporter
 
 
 class _Loan:
@@ -190,21 +108,34 @@ class PoolDebug(Generic[T]):
     """
 
     __slots__ = (
-        "_freed", "_out", "_pool", "_quarantine", "_recheck", "_warn",
-        "strict", "zero",
+        "_describe", "_freed", "_give_back", "_out", "_owner", "_quarantine",
+        "_recheck", "_reserve", "_warn", "strict", "zero",
     )  # fmt: skip
 
-    def __init__(self, pool: Mempool[T]) -> None:
-        self._pool = weakref.ref(pool)
+    def __init__(
+        self,
+        reserve: list[T],
+        *,
+        describe: Callable[[T], str],
+        give_back: Callable[[], Callable[[T], None] | None],
+        owner: Callable[[], object],
+        strict: bool = False,
+        zero: bool = False,
+    ) -> None:
+        self._reserve = reserve  # the pool's own list: read, never written
+        self._describe = describe
+        self._give_back = give_back  # a weak method: the pool may go first
+        self._owner = owner  # a weak reference: the pool, for messages
         self._out: dict[int, _Loan] = {}
         self._freed: dict[int, tuple[object, Site, Site]] = {}
         self._quarantine: list[_Loan] = []
         self._recheck: Any = None  # the loop's handle of _retry_later()
         self._warn = RateLimitedWarning(what="use-after-free")
-        #: The pool refuses elements it did not hand out (TrackedPool).
-        self.strict = False
+        #: The pool refuses elements it did not hand out (its allocator
+        #: knows them): a free of one it cannot place is a double free.
+        self.strict = strict
         #: Hand out zeros rather than POISON_INUSE (``zero_on_free``).
-        self.zero = False
+        self.zero = zero
 
     def lend(self, element: T) -> T:
         """Hook: ``element`` leaves the pool for a caller; what to hand out."""
@@ -213,7 +144,7 @@ class PoolDebug(Generic[T]):
         if isinstance(element, memoryview) and poisonable(element):
             lent, exporter = alias(element)
         if self.zero and poisonable(lent):
-            lent[:] = pattern(len(lent), 0)
+            lent[:] = bytes(len(lent))
         self._freed.pop(id(lent), None)  # an element freed before, out again
         self._out[id(lent)] = _Loan(element, lent, exporter)
         del exporter  # the fresh view keeps it alive, and only it
@@ -256,9 +187,9 @@ class PoolDebug(Generic[T]):
 
     def _not_out(self, element: T) -> T:
         """``element`` is not out: a double free, or not ours to judge."""
-        pool = self._pool()
+        pool = self._owner()
         record = self._freed.get(id(element))
-        reserved = pool is not None and any(e is element for e in pool._elements)
+        reserved = any(e is element for e in self._reserve)
         if record is not None:
             kept, allocated_at, freed_at = record
             same = kept is element or (type(kept) is weakref.ref and kept() is element)
@@ -266,15 +197,12 @@ class PoolDebug(Generic[T]):
                 # Not the same for sure: an element with its id was freed.
                 maybe = "" if same or reserved else "?"
                 raise DoubleFreeError(
-                    f"{pool!r}: double free{maybe} of {element!r:.60}: first "
+                    f"{pool!r}: double free{maybe} of {short_repr(element)}: first "
                     f"freed at:\n{site_text(freed_at)}allocated at:\n"
                     f"{site_text(allocated_at)}"
                 )
         if reserved:
-            raise DoubleFreeError(
-                f"{pool!r}: double free of {element!r:.60}: it is already in "
-                "the pool's reserve"
-            )
+            raise reserved_twice(pool, element)
         # Never handed out by this pool: a TrackedPool refuses it; a plain
         # Mempool takes it, as the kernel's does.
         return element
@@ -283,18 +211,18 @@ class PoolDebug(Generic[T]):
         """Put back every quarantined element that nobody can reach now."""
         if not self._quarantine:
             return
-        pool = self._pool()
         ready = [loan for loan in self._quarantine if loan.released()]
         if not ready:
             return
         self._quarantine = [loan for loan in self._quarantine if loan not in ready]
-        if pool is not None:
+        give_back = self._give_back()
+        if give_back is not None:
             for loan in ready:
-                pool._put(loan.element)
+                give_back(loan.element)
 
     def _retry_later(self) -> None:
         self._recheck = None
-        if self._pool() is None:
+        if self._owner() is None:
             self._quarantine.clear()
             return
         self.retry()
@@ -312,7 +240,7 @@ class PoolDebug(Generic[T]):
             "%r: %.60r was freed while still exported (a slice, memoryview() "
             "of it, a numpy array...): its memory stays out of circulation "
             "until that is released; allocated at:\n%sfreed at:\n%s",
-            self._pool(),
+            self._owner(),
             loan.lent,
             site_text(loan.allocated_at),
             site_text(loan.freed_at),
@@ -323,30 +251,27 @@ class PoolDebug(Generic[T]):
         if poisonable(element):
             poison(element)  # type: ignore[arg-type]
 
-    def check(self, element: T) -> None:
+    def check(self, element: T, *, to_caller: bool) -> None:
         """Hook: ``element``, on top of the reserve, is about to leave it.
 
         Raises CorruptionError if its poison was overwritten, leaving it on
-        top, poisoned afresh. Unless it leaves for ``free_fn``, not for a
-        caller: then the report is logged.
+        top, poisoned afresh. If it leaves for ``free_fn`` rather than for
+        a caller (``to_caller`` False: the pool closing or shrinking), the
+        report is logged instead.
         """
         if not poisonable(element):
             return
-        pool = self._pool()
-        assert pool is not None  # the pool calls this
+        owner = self._owner()
 
         def describe() -> str:
-            return f"{pool!r}: {pool._describe(element)}"
+            return f"{owner!r}: {self._describe(element)}"
 
         try:
             check_poison(element, describe)  # type: ignore[arg-type]
         except CorruptionError as error:
-            # Elements leave for a caller only while the reserve holds at
-            # most min_nr; more (resize() shrinking) or closed: free_fn.
-            if pool._closed or len(pool._elements) > pool._min_nr:
-                logger.warning("%s", error)
-            else:
+            if to_caller:
                 raise
+            logger.warning("%s", error)
 
     def outstanding(self) -> list[Outstanding[T]]:
         """The elements out with callers, oldest first."""
@@ -366,7 +291,15 @@ class PoolDebug(Generic[T]):
             sites[site] = sites.get(site, 0) + 1
         logger.warning(
             "%r closed with %d element(s) not freed, allocated at:\n%s",
-            self._pool(),
+            self._owner(),
             len(self._out),
             "".join(f"{n} x\n{site}" for site, n in sites.items()),
         )
+
+
+def reserved_twice(pool: object, element: object) -> DoubleFreeError:
+    """The error for a free of an element that is in the pool's reserve."""
+    return DoubleFreeError(
+        f"{pool!r}: double free of {short_repr(element)}: it is already in "
+        "the pool's reserve"
+    )

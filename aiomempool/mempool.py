@@ -6,38 +6,51 @@ allocation can always make progress when the backing allocator fails.
 Locking: the kernel guards the reserve with a spinlock; here the event
 loop's single thread is the lock. A critical section is code with no
 ``await`` in it, and every method below that touches the reserve or the
-wait queue runs to completion without awaiting.
+wait line runs to completion without awaiting.
 
-Invariants, kept by ``_put()`` (the only way into the reserve after
-construction) and ``Waiting._park()`` (the only way to wait):
+Invariants:
 
-* ``len(self._elements) <= self._min_nr``.
-* A task is parked only while the reserve is empty: it parks right after
-  finding the reserve empty, with no await in between, and ``_put()``
-  hands an element to a parked task before it would add to the reserve.
-  So a free below ``min_nr`` always goes to the longest waiter, and a free
-  into a full reserve (to ``free_fn``) never happens while a task waits.
-
-The waiting side, its fairness and its cancellation rules are in
-``_waiting.py``; filling, resizing and closing the reserve in
-``_reserve.py``.
+* ``len(self._elements) <= self._min_nr`` (``resize()`` shrinking frees the
+  surplus at once). ``_add_element()`` and ``_remove_element()`` are the
+  only code that changes the reserve after construction (the kernel's
+  ``add_element()`` and ``remove_element()``); pools that must know what
+  sits in their reserve extend those two.
+* A task waits only while the reserve is empty: it parks right after
+  finding the reserve empty, with no await in between, and
+  ``_give_back()`` hands an element to the first waiter before it would
+  add to the reserve. So a free below ``min_nr`` always goes to the longest
+  waiter, and a free into a full reserve (to ``free_fn``) never happens
+  while a task waits.
+* No new caller takes anything while a live waiter is queued: nobody
+  barges (``_line.has_live()`` is asked first).
+* ``_gate`` is False only in the steady state: open, nobody parked, the
+  reserve full, no debug mode. The hot paths of ``alloc()``,
+  ``alloc_nowait()`` and ``free()`` test it alone. Anyone may raise it;
+  only ``_regate()`` lowers it. A raised gate is always safe: the slow
+  paths are correct in every state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from contextlib import suppress
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
-from ._checks import check_nr, check_timeout, running_loop
+from ._checks import check_nr, check_timeout, debug_enabled, running_loop, short_repr
 from ._ratelimit import RateLimitedWarning
-from ._reserve import Reserve
-from ._waiting import CLOSED, TIMEDOUT, Fresh, Waiting
-from .debug import Outstanding, PoolDebug, debug_enabled
-from .element import ElementContext
-from .errors import AllocTimeoutError, InvalidFreeError, PoolClosedError
+from ._waitqueue import CLOSED, TIMEDOUT, Fresh, WaitQueue
+from .debug import PoolDebug
+from .errors import (
+    AllocTimeoutError,
+    InvalidFreeError,
+    PoolClosedError,
+    PoolExhaustedError,
+)
 from .gfp import (
     GFP,
     GFP_KERNEL,
@@ -48,17 +61,38 @@ from .gfp import (
     decode_mask,
 )
 from .gfp import _Mask as Mask
-from .stats import WAIT_BUCKETS, MempoolStats, register
+from .stats import WAIT_BUCKETS, MempoolStats, Outstanding
 
-if TYPE_CHECKING:
-    from .slab import SlabCache
-
-__all__ = ["Mempool"]
+__all__ = ["ElementContext", "Mempool", "named_pools"]
 
 T = TypeVar("T")
+P = TypeVar("P", bound="Mempool[Any]")
+
+#: The mask that waits, as the overloads of alloc() see it.
+Kernel = Literal[GFP.DIRECT_RECLAIM]
+
+# Every live pool that was given a name, for metrics exporters.
+_named: weakref.WeakSet[Mempool[Any]] = weakref.WeakSet()
 
 
-class Mempool(Reserve[T]):
+def named_pools() -> list[Mempool[Any]]:
+    """The live pools that were given a name, sorted by name."""
+    return sorted(_named, key=lambda pool: pool.name or "")
+
+
+def _weakly(method: Callable[[], None]) -> Callable[[], None]:
+    """``method``, called through a weak reference to its object."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
+
+
+class Mempool(Generic[T]):
     """A reserve of ``min_nr`` elements in front of a backing allocator.
 
     ``alloc_fn(gfp_mask, pool_data)`` makes an element, or returns ``None``
@@ -85,16 +119,18 @@ class Mempool(Reserve[T]):
     memoryview is lent as a fresh view that ``free()`` releases. Every call
     then takes the slow paths; see ``aiomempool.debug``.
 
-    Example::
-
+    Example:
+        ```python
         pool = Mempool(16, lambda gfp, size: bytearray(size),
                        lambda buf, size: None, 4096)
         async with pool.element() as buf:
             buf[:5] = b"hello"
+        ```
 
     Raises:
         TypeError: ``min_nr`` is not an int; ``alloc_fn`` or ``free_fn`` is
-            not callable; ``name`` is not a str; ``debug`` is not a bool.
+            not callable; ``name`` is not a str; ``debug`` is not a bool;
+            ``retry_interval`` is not a number.
         ValueError: ``min_nr < 1``; ``retry_interval`` is not positive.
         MemoryError: ``alloc_fn`` could not make ``min_nr`` elements.
     """
@@ -104,13 +140,21 @@ class Mempool(Reserve[T]):
         "_alloc_fn",
         "_alloc_fn_failures",
         "_allocs",
+        "_closed",
         "_debug",
+        "_elements",
         "_free_fn",
         "_frees",
+        "_gate",
+        "_line",
+        "_loop",
         "_max_wait_s",
+        "_min_nr",
         "_name",
         "_pool_data",
         "_reserve_hits",
+        "_retry_interval",
+        "_retry_timer",
         "_timeouts",
         "_wait_counts",
         "_wait_sum_s",
@@ -135,7 +179,9 @@ class Mempool(Reserve[T]):
                 raise TypeError(f"{arg} must be callable, not {type(fn).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-        check_timeout(retry_interval)
+        if retry_interval is None:
+            raise TypeError("retry_interval must be a number of seconds, not None")
+        check_timeout(retry_interval, arg="retry_interval")
         if not retry_interval > 0:
             raise ValueError(
                 f"retry_interval must be > 0 seconds, got {retry_interval}"
@@ -146,8 +192,17 @@ class Mempool(Reserve[T]):
         self._free_fn = free_fn
         self._pool_data = pool_data
         self._name = name
-        Waiting.__init__(self, float(retry_interval))
-        self._loop = running_loop()
+        # The line calls the pool back through a weak reference: a pool
+        # must die by reference count, as its users expect of a named one.
+        self._line = WaitQueue(_weakly(self._line_emptied))
+        self._retry_interval = float(retry_interval)
+        self._retry_timer: asyncio.TimerHandle | None = None
+        self._gate = True  # lowered by _regate() once the reserve is made
+        self._closed = False
+        # The pool's loop, for free_threadsafe() and the leak sampler: the
+        # one it was built in, entered with ``async with``, or last waited
+        # in (the only three writers).
+        self._loop: asyncio.AbstractEventLoop | None = running_loop()
         self._warn = RateLimitedWarning()
         self._allocs = self._frees = self._reserve_hits = 0
         self._alloc_fn_failures = self._waits = self._timeouts = 0
@@ -156,11 +211,20 @@ class Mempool(Reserve[T]):
         self._wait_sum_s = 0.0
         self._elements: list[T] = []
         # Before the reserve is made: debug mode poisons what enters it.
-        self._debug: PoolDebug[T] | None = PoolDebug(self) if debug else None
+        self._debug: PoolDebug[T] | None = self._make_debug() if debug else None
         for element in self._prealloc(min_nr):
-            self._push(element)
+            self._add_element(element)
         if name is not None:
-            register(self)  # for metrics exporters
+            _named.add(self)  # for metrics exporters
+
+    def _make_debug(self) -> PoolDebug[T]:
+        """The debug service, given what it needs of this pool."""
+        return PoolDebug(
+            self._elements,
+            describe=self._describe,
+            give_back=weakref.WeakMethod(self._give_back),
+            owner=weakref.ref(self),
+        )
 
     # -- introspection -----------------------------------------------------
 
@@ -178,9 +242,7 @@ class Mempool(Reserve[T]):
     def waiters(self) -> int:
         """Tasks waiting in ``alloc()`` now, not yet handed anything (none
         of a closed loop: its tasks never run again)."""
-        if self._nparked:
-            self._line_is_dead()
-        return self._nparked
+        return len(self._line)
 
     @property
     def closed(self) -> bool:
@@ -194,13 +256,11 @@ class Mempool(Reserve[T]):
 
     def stats(self) -> MempoolStats:
         """A frozen snapshot of the pool's counters and gauges."""
-        if self._nparked:
-            self._line_is_dead()
         return MempoolStats(
             name=self._name,
             min_nr=self._min_nr,
             curr_nr=len(self._elements),
-            waiters=self._nparked,
+            waiters=len(self._line),
             allocs=self._allocs,
             frees=self._frees,
             outstanding=self._allocs - self._frees,
@@ -234,10 +294,19 @@ class Mempool(Reserve[T]):
         state += " debug" if self._debug is not None else ""
         return (
             f"<Mempool{name}{state} min_nr={self._min_nr} "
-            f"curr_nr={len(self._elements)} waiters={self._nparked}>"
+            f"curr_nr={len(self._elements)} waiters={len(self._line)}>"
         )
 
     # -- allocation --------------------------------------------------------
+
+    @overload
+    async def alloc(
+        self, gfp_mask: Kernel = ..., *, timeout: float | None = ...
+    ) -> T: ...
+    @overload
+    async def alloc(
+        self, gfp_mask: GFP | int, *, timeout: float | None = ...
+    ) -> T | None: ...
 
     async def alloc(
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
@@ -250,24 +319,28 @@ class Mempool(Reserve[T]):
         fails too, a mask without ``DIRECT_RECLAIM`` returns ``None``; with
         it, the task waits, first come first served, until an element is
         freed, or until the allocator, retried for the first in line when
-        it may succeed again, makes one.
-        While tasks wait, a new caller queues behind them (or gets ``None``
-        if it may not wait): nobody overtakes a waiter.
+        it may succeed again, makes one. While tasks wait, a new caller
+        queues behind them (or gets ``None`` if it may not wait): nobody
+        overtakes a waiter.
 
         Awaits only when it has to wait. Cancelling it never loses an
         element: one handed to a cancelled task goes to the next waiter or
-        back to the reserve.
+        back to the reserve. With the default mask (or ``GFP_KERNEL``) it
+        never returns ``None``, and is typed so.
 
         Raises:
             PoolClosedError: the pool is closed, or was closed while waiting.
             AllocTimeoutError: a ``TimeoutError``; ``timeout`` seconds passed
                 without an element.
+            TypeError: ``gfp_mask`` is not a ``GFP`` or an int; ``timeout``
+                is not a number.
             ValueError: ``gfp_mask`` holds ``GFP.ZERO`` or unknown bits, or
                 ``timeout`` is negative.
             RuntimeError: tasks of another event loop are waiting.
         """
         # The hot path, _take() inlined: the default mask, the steady state
-        # (open, nobody parked, the reserve full: see _regate()).
+        # (see _regate()). Change together with alloc_nowait()'s and
+        # _call_alloc_fn(): the same call of alloc_fn, three times.
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
             try:
                 element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
@@ -288,7 +361,7 @@ class Mempool(Reserve[T]):
                 raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
             if timeout is not None:
                 check_timeout(timeout)
-            if not (self._nparked and self._in_line()):
+            if not self._line.has_live():
                 element = self._take(mask)
                 if element is not None:
                     return element if self._debug is None else self._debug.lend(element)
@@ -303,14 +376,17 @@ class Mempool(Reserve[T]):
         self._waits += 1
         handle = None
         if timeout is not None:
-            handle = fut.get_loop().call_later(timeout, self._expire, fut)
+            handle = fut.get_loop().call_later(timeout, self._line.expire, fut)
         # uvloop's loop.time() ticks in milliseconds: fine for deadlines,
         # too coarse to measure waits.
         start = time.perf_counter()
         try:
             got = await fut
         except BaseException:
-            self._left_early(fut)
+            passed_on = self._line.leave(fut)
+            if passed_on is not None:
+                self._received(cast(T, passed_on))
+                self._give_back(cast(T, passed_on))
             raise
         finally:
             if handle is not None:
@@ -324,6 +400,7 @@ class Mempool(Reserve[T]):
         else:
             element = got
             self._reserve_hits += 1
+        self._received(element)
         self._allocs += 1
         waited = time.perf_counter() - start
         self._wait_counts[bisect_left(WAIT_BUCKETS, waited)] += 1
@@ -343,11 +420,11 @@ class Mempool(Reserve[T]):
 
         Raises:
             PoolClosedError: the pool is closed.
+            TypeError: ``gfp_mask`` is not a ``GFP`` or an int.
             ValueError: ``gfp_mask`` holds ``GFP.DIRECT_RECLAIM`` (await
                 ``alloc()`` to wait), ``GFP.ZERO`` or unknown bits.
         """
-        # The hot path, _take() inlined: the default mask, the steady state
-        # (open, nobody parked, the reserve full: see _regate()).
+        # The hot path, _take() inlined (see alloc()).
         if gfp_mask is GFP_NOWAIT and not self._gate:
             try:
                 element = self._alloc_fn(gfp_mask, self._pool_data)
@@ -364,12 +441,13 @@ class Mempool(Reserve[T]):
         mask = decode_mask(gfp_mask)
         if mask.may_wait:
             raise ValueError(
-                "gfp_mask must not hold GFP.DIRECT_RECLAIM: alloc_nowait() "
-                "never waits (await alloc() to wait)"
+                "gfp_mask must not hold GFP.DIRECT_RECLAIM, got "
+                f"{MaskText(mask.full)}: alloc_nowait() never waits (await "
+                "alloc() to wait)"
             )
         if self._closed:
             raise PoolClosedError(f"{self!r}: alloc_nowait() on a closed pool")
-        if not (self._nparked and self._in_line()):
+        if not self._line.has_live():
             element = self._take(mask)
             if element is not None:
                 return element if self._debug is None else self._debug.lend(element)
@@ -392,7 +470,7 @@ class Mempool(Reserve[T]):
     def _take_reserve(self, mask: Mask) -> T | None:
         """What _take() does once the cheap first try has failed."""
         if self._elements:
-            taken = self._pop()  # debug mode may raise CorruptionError
+            taken = self._remove_element()  # debug mode may raise CorruptionError
             self._allocs += 1
             self._reserve_hits += 1
             return taken
@@ -417,7 +495,7 @@ class Mempool(Reserve[T]):
 
     def _describe(self, element: T) -> str:
         """``element`` in an error message: a short repr, never its bytes."""
-        return format(repr(element), ".60")
+        return short_repr(element)
 
     def _failed(self, mask: Mask) -> None:
         if not mask.nowarn:
@@ -430,6 +508,81 @@ class Mempool(Reserve[T]):
         self._failed(mask)
         return AllocTimeoutError(f"{self!r}: no element within {timeout} s")
 
+    # -- waiting -------------------------------------------------------------
+
+    def _park(self, gfp_mask: GFP) -> asyncio.Future[Any]:
+        """Queue the calling task at the back of the line.
+
+        The caller has found the reserve empty, with no await since.
+
+        Raises:
+            RuntimeError: tasks of another, open event loop wait already.
+        """
+        loop = asyncio.get_running_loop()
+        line = self._line
+        if not line.accepts(loop):
+            raise RuntimeError(
+                f"{self!r}: tasks of another event loop wait on this pool; a "
+                "pool serves the tasks of one loop at a time (use one pool "
+                "per loop, or free_threadsafe() from other threads)"
+            )
+        if not len(line):
+            self._loop = loop
+            self._retry_timer = loop.call_later(
+                self._retry_interval, self._retry_expired
+            )
+        self._gate = True
+        return line.park(loop, gfp_mask)
+
+    def _line_emptied(self) -> None:
+        """The last waiter was served or left (or its loop closed)."""
+        self._regate()
+        timer, self._retry_timer = self._retry_timer, None
+        if timer is not None:
+            with suppress(RuntimeError):  # uvloop's, once its loop is closed
+                timer.cancel()
+
+    def _retry(self) -> None:
+        """The backing allocator may succeed now: ask it for the waiters,
+        first come first served, each with its own mask, until it fails.
+
+        In the kernel every sleeper retries for itself when it wakes; here
+        the pool retries on behalf of the first in line and hands it the
+        result, so nobody can overtake it between its wake-up and its try.
+        An error of alloc_fn is raised in that waiter, whose call it was.
+        """
+        line = self._line
+        while True:
+            first = line.first()
+            if first is None:
+                return
+            fut, gfp_mask = first
+            try:
+                element = self._call_alloc_fn(gfp_mask)
+            except Exception as exc:
+                if not fut.done():  # alloc_fn may have re-entered the pool
+                    line.fail_first(exc)
+                return
+            if element is None:
+                return
+            # alloc_fn may have re-entered the pool: hand to whoever is
+            # first now, or give the element back if nobody is left.
+            if line.hand(Fresh(element)):
+                self._handed(element)
+            else:
+                self._give_back(element)
+
+    def _retry_expired(self) -> None:
+        # The kernel's 5-second timeout: the allocator may have recovered
+        # although nothing came back to this pool.
+        self._retry_timer = None
+        self._retry()
+        loop = self._loop
+        if len(self._line) and loop is not None and self._retry_timer is None:
+            self._retry_timer = loop.call_later(
+                self._retry_interval, self._retry_expired
+            )
+
     # -- freeing -----------------------------------------------------------
 
     def free(self, element: T | None) -> None:
@@ -438,63 +591,79 @@ class Mempool(Reserve[T]):
         Synchronous: callable from any callback on the pool's loop. Below
         ``min_nr`` the element refills the reserve, going straight to the
         longest waiter if any; otherwise ``free_fn`` disposes of it and the
-        allocator is retried for the first waiter. After
-        ``close()`` every element goes to ``free_fn``.
-
-        ``asyncio.Condition.notify()`` must be called with the condition's
-        lock held, and taking an ``asyncio.Lock`` is a coroutine: a
-        synchronous ``free()`` could not notify. The pool's critical sections
-        never await, so it needs no lock beyond the loop's thread, and its
-        condition is the wait queue of futures it resolves directly.
+        allocator is retried for the first waiter. After ``close()`` every
+        element goes to ``free_fn``.
 
         Raises whatever ``free_fn`` raises, after the pool's own accounting;
         but an ``InvalidFreeError`` (a double free, a foreign element, as the
         pools of ``aiomempool.pools`` detect) is not a free: it changes
         nothing, counters included.
         """
-        if element is not None:
-            self._frees += 1
+        if element is None:
+            return
+        # The hot path, for a pool in its steady state: see _regate().
+        if not self._gate:
             try:
-                # The hot path, for a pool in its steady state: see _regate().
-                if self._gate:
-                    if self._debug is not None:
-                        element = self._debug.reclaim(element)
-                        if element is None:
-                            return  # in quarantine: see debug.py
-                    self._put(element)
-                else:
-                    self._free_fn(element, self._pool_data)
+                self._free_fn(element, self._pool_data)
             except InvalidFreeError:
-                self._frees -= 1
                 raise
+            except BaseException:
+                self._frees += 1
+                raise
+            self._frees += 1
+            return
+        if self._debug is not None:
+            reclaimed = self._debug.reclaim(element)
+            if reclaimed is None:
+                self._frees += 1
+                return  # in quarantine: see debug.py
+            element = reclaimed
+        try:
+            self._give_back(element)
+        except InvalidFreeError:
+            raise
+        except BaseException:
+            self._frees += 1
+            raise
+        self._frees += 1
 
-    def _regate(self) -> None:
-        """Recompute ``_gate``: False only in the steady state, where the
-        hot paths run: open, nobody parked, the reserve full, no debug
-        mode. Called wherever one of these may have changed."""
-        self._gate = (
-            self._closed
-            or self._nparked > 0
-            or len(self._elements) < self._min_nr
-            or self._debug is not None  # debug mode's hooks are on slow paths
-        )
-
-    def _put(self, element: T) -> None:
+    def _give_back(self, element: T) -> None:
         """The element goes to the first waiter, the reserve or free_fn."""
         if len(self._elements) < self._min_nr and not self._closed:
             # Tasks park only while the reserve is empty, so a refill goes
-            # to the longest waiter; the reserve gets it if nobody is parked.
-            if not self._hand(element):
-                self._push(element)
+            # to the longest waiter; the reserve gets it if nobody waits.
+            if self._line.hand(element):
+                self._handed(element)
+            else:
+                self._add_element(element)
             return
-        # By the invariant nobody is parked here; were a task parked (an
+        # By the invariant nobody waits here; were a task parked (an
         # alloc_fn that frees into its own pool can make it so), it would
         # be the allocator, just given memory back, that could serve it.
         try:
             self._free_fn(element, self._pool_data)
         finally:
-            if self._nparked:
+            if self._line.nparked:
                 self._retry()
+
+    def _handed(self, element: T) -> None:
+        """Hook: ``element`` was handed to a waiter, whose task has not run
+        yet (pools that know what they have out extend it)."""
+
+    def _received(self, element: T) -> None:
+        """Hook: the waiter's task has ``element`` now (back from the line:
+        it is out with a caller, or passed on by a leaver)."""
+
+    def _regate(self) -> None:
+        """Lower ``_gate`` if the pool is in its steady state: open, nobody
+        waits, the reserve full, no debug mode (whose hooks are on the slow
+        paths). Called wherever one of these may have become true."""
+        self._gate = (
+            self._closed
+            or self._line.nparked > 0
+            or len(self._elements) < self._min_nr
+            or self._debug is not None
+        )
 
     def free_threadsafe(
         self, element: T | None, *, loop: asyncio.AbstractEventLoop | None = None
@@ -518,37 +687,124 @@ class Mempool(Reserve[T]):
             )
         target.call_soon_threadsafe(self.free, element)
 
-    # -- the kernel's ready-made pools (implemented in pools.py) ------------
+    # -- the reserve: the kernel's add_element() and remove_element() --------
 
-    @staticmethod
-    def slab_pool(min_nr: int, cache: SlabCache, **options: Any) -> Mempool[memoryview]:
-        """A pool of a ``SlabCache``'s buffers: ``mempool_create_slab_pool()``.
+    def _add_element(self, element: T) -> None:
+        """Put ``element`` on top of the reserve (poisoned in debug mode).
+        The reserve has room: len(_elements) < min_nr, or construction."""
+        if self._debug is not None:
+            self._debug.poison(element)
+        self._elements.append(element)
+        self._regate()
 
-        See ``aiomempool.pools.slab_pool``.
+    def _remove_element(self, to_caller: bool = True) -> T:
+        """Take the top element of the reserve, which is not empty.
+
+        In debug mode its poison is checked first: a CorruptionError leaves
+        it on top, poisoned afresh (logged instead when the element leaves
+        for ``free_fn``, ``to_caller`` False).
         """
-        from .pools import slab_pool
+        if self._debug is not None:
+            self._debug.check(self._elements[-1], to_caller=to_caller)
+        self._gate = True  # the reserve is below min_nr now
+        return self._elements.pop()
 
-        return slab_pool(min_nr, cache, **options)
+    def _prealloc(self, count: int) -> list[T]:
+        """Make ``count`` elements with ``alloc_fn(GFP_KERNEL)``, or none."""
+        made: list[T] = []
+        try:
+            for _ in range(count):
+                element = self._call_alloc_fn(GFP_KERNEL)
+                if element is None:
+                    raise MemoryError(self._prealloc_failure(len(made), count))
+                made.append(element)
+        except BaseException:
+            self._free_all(made, suppress=True)
+            raise
+        return made
 
-    @staticmethod
-    def kmalloc_pool(min_nr: int, size: int, **options: Any) -> Mempool[bytearray]:
-        """A pool of ``bytearray(size)``: ``mempool_create_kmalloc_pool()``.
+    def _prealloc_failure(self, made: int, count: int) -> str:
+        """Why preallocating ``count`` elements stopped after ``made``."""
+        return f"{self!r}: alloc_fn made {made} of the {count} elements asked for"
 
-        See ``aiomempool.pools.kmalloc_pool``.
+    def _free_all(self, elements: list[T], suppress: bool = False) -> None:
+        """free_fn on every element, even if some raise; then the first."""
+        error: BaseException | None = None
+        for element in elements:
+            try:
+                self._free_fn(element, self._pool_data)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None and not suppress:
+            raise error
+
+    def resize(self, new_min_nr: int) -> None:
+        """Change ``min_nr``, the kernel's ``mempool_resize()``.
+
+        Growing allocates what the reserve lacks to hold ``new_min_nr``
+        elements with ``alloc_fn(GFP_KERNEL)``, all at once, handing them to
+        waiters first; shrinking (or keeping the size) allocates nothing and
+        frees the surplus of the reserve above ``new_min_nr`` with
+        ``free_fn``, from the top. Synchronous; never awaits.
+
+        Raises:
+            TypeError, ValueError: ``new_min_nr`` is not an int >= 1.
+            MemoryError: ``alloc_fn`` failed; nothing changed.
+            PoolClosedError: the pool is closed.
         """
-        from .pools import kmalloc_pool
+        check_nr("new_min_nr", new_min_nr)
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: resize() on a closed pool")
+        if new_min_nr <= self._min_nr:
+            # Shrinking never allocates, and never fails: elements out now
+            # refill the reserve up to the new min_nr when they come back.
+            self._min_nr = new_min_nr
+            excess = max(0, len(self._elements) - new_min_nr)
+            surplus = [self._remove_element(to_caller=False) for _ in range(excess)]
+            self._regate()
+            self._free_all(surplus)
+            return
+        made = self._prealloc(new_min_nr - len(self._elements))
+        self._min_nr = new_min_nr
+        self._gate = True
+        for element in made:
+            self._give_back(element)
 
-        return kmalloc_pool(min_nr, size, **options)
+    def close(self) -> None:
+        """Free the reserve and refuse further allocations; idempotent.
 
-    @staticmethod
-    def page_pool(min_nr: int, order: int = 0, **options: Any) -> Mempool[memoryview]:
-        """A pool of page-aligned buffers: ``mempool_create_page_pool()``.
+        The ``mempool_destroy()`` analogue: every reserved element goes to
+        ``free_fn``; tasks waiting in ``alloc()`` raise ``PoolClosedError``,
+        as does every later ``alloc()`` or ``alloc_nowait()``. Elements
+        still out may be freed later: they go to ``free_fn``. Synchronous.
 
-        See ``aiomempool.pools.page_pool``.
+        Raises the first exception of ``free_fn``, once all were freed.
         """
-        from .pools import page_pool
+        if self._closed:
+            return
+        self._closed = True
+        self._gate = True
+        if self._debug is not None:
+            self._debug.report_leaks()
+        self._line.close()
+        elements = [
+            self._remove_element(to_caller=False) for _ in range(len(self._elements))
+        ]
+        self._free_all(elements)
 
-        return page_pool(min_nr, order, **options)
+    async def __aenter__(self: P) -> P:
+        self._loop = asyncio.get_running_loop()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- element() ---------------------------------------------------------
 
     def element(
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
@@ -557,13 +813,52 @@ class Mempool(Reserve[T]):
 
         ``async with pool.element() as buf:`` allocates on entry and frees
         on exit, whether the block ends normally, by an exception or by
-        cancellation.
+        cancellation. ``buf`` is never None: with a mask that may not wait,
+        entry raises ``PoolExhaustedError`` when there is nothing to hand
+        out.
 
         Raises on entry what ``alloc()`` raises, and ``PoolExhaustedError``
-        (a ``MemoryError``) when a non-waiting mask finds nothing.
+        (a ``MemoryError``) when a non-waiting mask finds nothing; here,
+        what a bad ``gfp_mask`` or ``timeout`` raises in ``alloc()``.
         """
         if gfp_mask is not GFP_KERNEL:
             decode_mask(gfp_mask)  # refuse a bad mask now, not on entry
         if timeout is not None:
             check_timeout(timeout)
         return ElementContext(self, gfp_mask, timeout)
+
+
+class ElementContext(Generic[T]):
+    """What ``Mempool.element()`` returns: an async context manager that
+    allocates on entry and frees on exit; entered once."""
+
+    __slots__ = ("_element", "_gfp_mask", "_pool", "_timeout")
+
+    def __init__(
+        self, pool: Mempool[T], gfp_mask: GFP | int, timeout: float | None
+    ) -> None:
+        self._pool = pool
+        self._gfp_mask = gfp_mask
+        self._timeout = timeout
+        self._element: T | None = None
+
+    async def __aenter__(self) -> T:
+        if self._element is not None:
+            raise RuntimeError("this element() context is already entered")
+        element = await self._pool.alloc(self._gfp_mask, timeout=self._timeout)
+        if element is None:
+            raise PoolExhaustedError(
+                f"{self._pool!r}: nothing to hand out without waiting "
+                f"(gfp_mask={MaskText(int(self._gfp_mask))})"
+            )
+        self._element = element
+        return element
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        element, self._element = self._element, None
+        self._pool.free(element)

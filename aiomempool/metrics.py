@@ -35,7 +35,8 @@ except ImportError as exc:
         "pip install 'aiomempool[prometheus]'"
     ) from exc
 
-from .stats import WAIT_BUCKETS, MempoolStats, named_pools
+from .mempool import named_pools
+from .stats import WAIT_BUCKETS, MempoolStats
 
 __all__ = ["PREFIX", "MempoolCollector"]
 

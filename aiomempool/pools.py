@@ -2,16 +2,18 @@
 
 ``mempool_create_slab_pool()``, ``mempool_create_kmalloc_pool()`` and
 ``mempool_create_page_pool()`` build a mempool on an allocator the kernel
-provides. Here they build a ``Mempool`` on a ``SlabCache`` (slab and page
-pools, ``buffer_pool``) or on ``bytearray`` (kmalloc pools), and unlike a
-pool on callbacks of the caller's, they know every element they handed out.
-Refused with ``DoubleFreeError`` or ``ForeignElementError`` (both
-``ValueError``), in every mode, with nothing lost or handed out twice and
-the counters unchanged:
+provides. Here ``slab_pool()``, ``kmalloc_pool()`` and ``page_pool()`` build
+a ``Mempool`` on a ``SlabCache`` (slab and page pools, ``buffer_pool``) or
+on ``bytearray`` (kmalloc pools), and unlike a pool on callbacks of the
+caller's, they know every element they handed out. Refused with
+``DoubleFreeError`` or ``ForeignElementError`` (both ``ValueError``), in
+every mode, with nothing lost or handed out twice and the counters
+unchanged:
 
 * a second free of an element before it is handed out again (an
   immediate double free), wherever the first sent it: back to the
-  allocator, into the reserve, or to a waiting task;
+  allocator, into the reserve, or to a waiting task that has not run yet
+  (``_handed()``: the element leaves ``_out`` until the task has it);
 * a free of anything the pool does not have out: a slice or a copy of a
   buffer, another cache's buffer, or a buffer of the same cache that
   another pool holds (two pools may share one ``SlabCache``).
@@ -29,50 +31,39 @@ How: each pool keeps the ids of the elements out with its callers in a set
 of its own, ``_out``, its holder set, which the allocator fills and empties
 (``_alloc_fn(mask, out)``, ``_free_fn(element, out)``: the pool's
 ``pool_data``). An element that goes into the pool's reserve leaves it
-(``_push``) and comes back to it when it leaves the reserve (``_pop``), so
-``_out`` holds exactly the elements out with the pool's callers, and a free
-must find the element there. A buffer that the leak detector lent as an
-alias (``leak_sampling``) is missing there: a free of it is a free of the
-buffer it stands for (``_claim``).
+(``_add_element``) and comes back to it when it leaves the reserve
+(``_remove_element``), so ``_out`` holds exactly the elements out with the
+pool's callers, and a free must find the element there. A buffer that the
+leak detector lent as an alias (``leak_sampling``) is missing there: a free
+of it is a free of the buffer it stands for (``_claim``).
 """
 
 from __future__ import annotations
 
 import mmap
-import sys
-from typing import Any, Generic, Protocol, TypeVar, cast
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, cast, overload
 
-from ._checks import check_nr
-from ._leaks import LeakSampler, aliased_slot, unwatch
-from ._poison import slot_name
+from ._checks import check_nr, short_repr
+from ._leaks import LeakSampler
+from .debug import PoolDebug, reserved_twice
 from .errors import DoubleFreeError, ForeignElementError
 from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
-from .mempool import Mempool
-from .slab import SlabCache, short_repr
+from .mempool import Kernel, Mempool
+from .slab import SlabCache
 
 __all__ = ["buffer_pool", "kmalloc_pool", "page_pool", "slab_pool"]
 
 T = TypeVar("T")
 
 
-class _Allocator(Protocol[T]):
-    """What a pool of this module needs of its allocator."""
-
-    _watches: dict[int, Any]
-
-    def _alloc_fn(self, gfp_mask: GFP, busy: set[int]) -> T | None: ...
-    def _free_fn(self, element: T, busy: set[int]) -> None: ...
-    def _refusal(self, element: object, busy: set[int]) -> ValueError: ...
-
-
 class _Kmalloc:
     """``bytearray(size)`` as an allocator that knows what it handed out."""
 
-    __slots__ = ("_watches", "size")
+    __slots__ = ("size",)
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._watches: dict[int, Any] = {}  # no leak detector: stays empty
 
     def _alloc_fn(self, gfp_mask: GFP, busy: set[int]) -> bytearray:
         buf = bytearray(self.size)  # a MemoryError means "nothing" to the pool
@@ -92,19 +83,23 @@ class _Kmalloc:
             "out and has not had back (a double free, a copy or another pool's?)"
         )
 
+    def _alias_slot(self, element: object) -> None:
+        return None  # no leak detector lends aliases of bytearrays
+
+    def _take_alias(self, element: object) -> None:
+        return None
+
 
 class TrackedPool(Mempool[T], Generic[T]):
     """A Mempool on an allocator of this module: it refuses double frees
     and foreign elements. Build one with the functions of this module."""
 
-    # _sampler belongs to _SampledPool, declared on this common base so that
-    # _SampledZeroingPool may combine it with _ZeroingPool's slot.
-    __slots__ = ("_allocator", "_out", "_owns_allocator", "_sampler")
+    __slots__ = ("_allocator", "_handing", "_out", "_owns_allocator")
 
     def __init__(
         self,
         min_nr: int,
-        allocator: _Allocator[T],
+        allocator: SlabCache | _Kmalloc,
         *,
         owns_allocator: bool = False,
         **options: Any,
@@ -114,57 +109,84 @@ class TrackedPool(Mempool[T], Generic[T]):
         # The ids of the elements out with this pool's callers: its holder
         # set in the allocator's books, passed to it as pool_data.
         self._out: set[int] = set()
-        super().__init__(
-            min_nr, allocator._alloc_fn, allocator._free_fn, self._out, **options
-        )
-        if self._debug is not None:
-            self._debug.strict = True  # it refuses what it did not hand out
+        # Handed to a waiter whose task has not run yet: out of _out, so
+        # that a second free before the waiter has it is refused.
+        self._handing: set[int] = set()
+        alloc_fn = cast(Callable[[GFP, Any], "T | None"], allocator._alloc_fn)
+        free_fn = cast(Callable[[T, Any], object], allocator._free_fn)
+        super().__init__(min_nr, alloc_fn, free_fn, self._out, **options)
 
-    def _push(self, element: T) -> None:
+    def _make_debug(self) -> PoolDebug[T]:
+        debug = super()._make_debug()
+        debug.strict = True  # it refuses what it did not hand out
+        return debug
+
+    def _add_element(self, element: T) -> None:
         # Into the reserve: no longer out with a caller.
         try:
             self._out.remove(id(element))
         except KeyError:
             raise self._refusal(element) from None
-        super()._push(element)
+        super()._add_element(element)
 
-    def _pop(self) -> T:
-        element = super()._pop()
+    def _remove_element(self, to_caller: bool = True) -> T:
+        element = super()._remove_element(to_caller)
         self._out.add(id(element))
         return element
 
-    def _put(self, element: T) -> None:
+    def _give_back(self, element: T) -> None:
         # Every free that is not the hot path's comes here first: to a
         # waiter, the reserve or the allocator, it must be out with a caller
         # of this pool.
         if id(element) not in self._out:
             element = self._claim(element)
-        super()._put(element)
+        super()._give_back(element)
+
+    def _handed(self, element: T) -> None:
+        self._out.discard(id(element))
+        self._handing.add(id(element))
+
+    def _received(self, element: T) -> None:
+        self._handing.discard(id(element))
+        self._out.add(id(element))
 
     def _claim(self, element: T) -> T:
         """What to take back for ``element``, which this pool does not have
         out: the slot a leak detector lent it for (``leak_sampling``), or
         the error."""
-        watches = self._allocator._watches
-        slot = aliased_slot(watches, element)
+        allocator = self._allocator
+        slot = allocator._alias_slot(element)
         if slot is None or id(slot) not in self._out:
             raise self._refusal(element)
-        unwatch(watches, element)
+        allocator._take_alias(element)
         return cast(T, slot)
 
     def _refusal(self, element: object) -> ValueError:
         if any(e is element for e in self._elements):
+            return reserved_twice(self, element)
+        if id(element) in self._handing:
             return DoubleFreeError(
-                f"{self!r}: double free of {short_repr(element)}: it is already "
-                "in the pool's reserve"
+                f"{self!r}: double free of {short_repr(element)}: it was "
+                "handed to a task waiting in alloc(), which has not run yet"
             )
         return self._allocator._refusal(element, self._out)
 
     def _describe(self, element: T) -> str:
         allocator = self._allocator
-        if isinstance(allocator, SlabCache) and allocator.owns(element):
-            return slot_name(allocator, element)
+        if isinstance(allocator, SlabCache):
+            return allocator._slot_name(element)
         return short_repr(element)
+
+    def _prealloc_failure(self, made: int, count: int) -> str:
+        allocator = self._allocator
+        if isinstance(allocator, SlabCache) and allocator.max_objects is not None:
+            return (
+                f"{self!r}: the cache holds at most max_objects="
+                f"{allocator.max_objects} buffers for the reserve and every "
+                f"caller together (the headroom is GFP_ATOMIC's): {made} of "
+                f"the {count} more asked for could be made"
+            )
+        return super()._prealloc_failure(made, count)
 
     def close(self) -> None:
         """Close the pool, and the cache it made for itself, if it did."""
@@ -178,29 +200,73 @@ class SlabPool(TrackedPool[memoryview]):
     cache): in the steady state its hot paths take from and give back to
     the cache's free list themselves (``alloc_nowait()`` through
     ``SlabCache._pop_free()``, ``alloc()`` and ``free()`` inlining it and
-    ``_push_free()``), fewer calls per cycle than through ``alloc_fn`` and
+    ``_push_free()``: the fields they touch are listed where the cache
+    defines them), fewer calls per cycle than through ``alloc_fn`` and
     ``free_fn``; a new slab, the limit, the headroom and a closed cache go
     the general way, through the cache's own code.
+
+    Two options, attributes tested on the hot paths, None when off:
+
+    * ``_zeros`` (``zero_on_free``): the zero bytes every buffer freed is
+      wiped with, before anyone else can see it.
+    * ``_sampler`` (``leak_sampling``): the sampled leak detector; the
+      allocations count down, and about one in N lends a watched alias of
+      the buffer (see _leaks.py). Debug mode, which tracks every element,
+      leaves it off.
 
     ``_slab_free`` is the cache's free list itself (the cache never
     replaces it): one attribute lookup less per use on the hot paths."""
 
-    __slots__ = ("_slab_free",)
+    __slots__ = ("_sampler", "_slab_free", "_zeros")
     _allocator: SlabCache
 
-    def __init__(self, min_nr: int, cache: SlabCache, **options: Any) -> None:
+    def __init__(
+        self,
+        min_nr: int,
+        cache: SlabCache,
+        *,
+        zero_on_free: bool = False,
+        leak_sampling: int | None = None,
+        **options: Any,
+    ) -> None:
+        if type(zero_on_free) is not bool:
+            raise TypeError(
+                f"zero_on_free must be a bool, not {type(zero_on_free).__name__}"
+            )
+        if leak_sampling is not None:
+            check_nr("leak_sampling", leak_sampling)
         self._slab_free = cache._free
+        self._zeros = bytes(cache.object_size) if zero_on_free else None
+        self._sampler: LeakSampler | None = None
         super().__init__(min_nr, cache, **options)
+        if leak_sampling is not None and self._debug is None:
+            self._sampler = LeakSampler(self, cache, leak_sampling, self._out)
+
+    def _make_debug(self) -> PoolDebug[memoryview]:
+        debug = super()._make_debug()
+        debug.zero = self._zeros is not None  # zeros, not POISON_INUSE, lent
+        return debug
+
+    @overload
+    async def alloc(
+        self, gfp_mask: Kernel = ..., *, timeout: float | None = ...
+    ) -> memoryview: ...
+    @overload
+    async def alloc(
+        self, gfp_mask: GFP | int, *, timeout: float | None = ...
+    ) -> memoryview | None: ...
 
     async def alloc(
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
     ) -> memoryview | None:
         """As ``Mempool.alloc()``."""
+        view: memoryview | None = None
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
-            # SlabCache._pop_free(cache._limit, out), inlined: the awaited cycle
-            # is the one that must beat an asyncio.Queue of buffers, and a
-            # call costs a tenth of it. Only the mechanics are copied; the
-            # policy (growth, limit, headroom, closing) stays in the cache.
+            # SlabCache._pop_free(cache._limit, out), inlined: the awaited
+            # cycle is the one that must beat an asyncio.Queue of buffers,
+            # and a call costs a tenth of it. Only the mechanics are copied;
+            # the policy (growth, limit, headroom, closing) stays in the
+            # cache.
             cache = self._allocator
             free = self._slab_free
             out = cache._nr_objects - len(free)
@@ -210,11 +276,17 @@ class SlabPool(TrackedPool[memoryview]):
                 if out >= cache._high_water:
                     cache._high_water = out + 1
                 self._allocs += 1
-                return view
-        return await Mempool.alloc(self, gfp_mask, timeout=timeout)
+        if view is None:
+            view = await Mempool.alloc(self, gfp_mask, timeout=timeout)
+        sampler = self._sampler
+        if sampler is None:
+            return view
+        sampler.countdown -= 1
+        return view if sampler.countdown > 0 else sampler.sample(view)
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
         """As ``Mempool.alloc_nowait()``."""
+        view = None
         # The steady state, and a mask that never waits and asks for no
         # zeroing (by identity: one IntFlag test costs more than the path).
         # The cache's headroom (GFP.HIGH) is the slow path's business.
@@ -227,15 +299,28 @@ class SlabPool(TrackedPool[memoryview]):
             view = cache._pop_free(cache._limit, self._out)
             if view is not None:
                 self._allocs += 1
-                return view
-        return Mempool.alloc_nowait(self, gfp_mask)
+        if view is None:
+            view = Mempool.alloc_nowait(self, gfp_mask)
+        sampler = self._sampler
+        if sampler is None:
+            return view
+        sampler.countdown -= 1
+        return view if sampler.countdown > 0 else sampler.sample(view)
 
     def free(self, element: memoryview | None) -> None:
-        """As ``Mempool.free()``."""
+        """As ``Mempool.free()``; with ``zero_on_free``, the buffer is wiped
+        first, so that the next borrower (or waiter) reads zeros. In debug
+        mode poisoning wipes it, and it is zeroed when handed out."""
+        if element is None:
+            return
+        if self._zeros is not None and self._debug is None:
+            if id(element) not in self._out:
+                element = self._claim(element)  # an alias's slot, or raises
+            element[:] = self._zeros
         cache = self._allocator
         # In the steady state of both (the pool's reserve full, the cache
         # open: its _limit is 0 once closed), straight back to the cache.
-        if not self._gate and cache._limit and element is not None:
+        if not self._gate and cache._limit:
             # SlabCache._push_free(), inlined as _pop_free() is in alloc().
             try:
                 self._out.remove(id(element))
@@ -251,138 +336,88 @@ class SlabPool(TrackedPool[memoryview]):
             Mempool.free(self, element)
 
 
-class _ZeroingPool(SlabPool):
-    """A SlabPool that wipes every buffer freed (``zero_on_free``)."""
-
-    __slots__ = ("_zeros",)
-
-    def __init__(self, min_nr: int, cache: SlabCache, **options: Any) -> None:
-        self._zeros = bytes(cache.object_size)
-        super().__init__(min_nr, cache, **options)
-        if self._debug is not None:
-            self._debug.zero = True  # zeros, not POISON_INUSE, handed out
-
-    def free(self, element: memoryview | None) -> None:
-        """Wipe the element, then free it: the next borrower reads zeros.
-        In debug mode poisoning wipes it, and it is zeroed when handed out."""
-        if element is not None and self._debug is None:
-            if id(element) not in self._out:
-                element = self._claim(element)
-            element[:] = self._zeros
-        super().free(element)
-
-
-class _SampledPool(SlabPool):
-    """A SlabPool with the sampled leak detector (``leak_sampling``): its
-    allocations count down, and about one in N lends a watched alias of the
-    buffer (see _leaks.py). Debug mode, which tracks every element, turns
-    the sampling off."""
-
-    __slots__ = ()
-    _sampler: LeakSampler
-
-    def __init__(
-        self, min_nr: int, cache: SlabCache, *, leak_sampling: int, **options: Any
-    ) -> None:
-        check_nr("leak_sampling", leak_sampling)
-        super().__init__(min_nr, cache, **options)
-        every = leak_sampling if self._debug is None else sys.maxsize
-        self._sampler = LeakSampler(self, cache, every, self._out)
-
-    async def alloc(
-        self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
-    ) -> memoryview | None:
-        """As ``Mempool.alloc()``."""
-        # SlabPool.alloc()'s hot path, inlined: awaiting it would cost a
-        # coroutine more per call.
-        view = None
-        if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
-            cache = self._allocator
-            view = cache._pop_free(cache._limit, self._out)
-            if view is not None:
-                self._allocs += 1
-        if view is None:
-            view = await Mempool.alloc(self, gfp_mask, timeout=timeout)
-        sampler = self._sampler
-        sampler.countdown -= 1
-        return view if sampler.countdown > 0 else sampler.sample(view)
-
-    def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
-        """As ``Mempool.alloc_nowait()``."""
-        view = None  # SlabPool.alloc_nowait()'s hot path, inlined as above
-        if (
-            gfp_mask is GFP_NOWAIT
-            or gfp_mask is ATOMIC_NOWARN
-            or gfp_mask is GFP_ATOMIC
-        ) and not self._gate:
-            cache = self._allocator
-            view = cache._pop_free(cache._limit, self._out)
-            if view is not None:
-                self._allocs += 1
-        if view is None:
-            view = Mempool.alloc_nowait(self, gfp_mask)
-        sampler = self._sampler
-        sampler.countdown -= 1
-        return view if sampler.countdown > 0 else sampler.sample(view)
-
-
-class _SampledZeroingPool(_ZeroingPool, _SampledPool):
-    """``zero_on_free`` and ``leak_sampling``."""
-
-    __slots__ = ()
-
-
-def _pool_class(zero_on_free: bool, options: dict[str, Any]) -> type[SlabPool]:
-    if options.get("leak_sampling") is None:
-        return _ZeroingPool if zero_on_free else SlabPool
-    return _SampledZeroingPool if zero_on_free else _SampledPool
-
-
-def slab_pool(min_nr: int, cache: SlabCache, **options: Any) -> Mempool[memoryview]:
+def slab_pool(
+    min_nr: int, cache: SlabCache, *, leak_sampling: int | None = None, **options: Any
+) -> Mempool[memoryview]:
     """A pool of ``cache``'s buffers: ``mempool_create_slab_pool()``.
 
     The pool does not own the cache: closing the pool leaves it open.
+    Several pools may share one cache; each refuses the others' buffers.
     ``options`` are those of ``Mempool`` (``name``, ``retry_interval``,
-    ``debug``: by default on too if the cache is in debug mode) and
-    ``leak_sampling``, as for ``buffer_pool``.
+    ``debug``: by default on too if the cache is in debug mode), and
+    ``leak_sampling`` is as for ``buffer_pool``.
+
+    Raises:
+        TypeError: ``cache`` is not a ``SlabCache``; an option is not of
+            its type.
+        ValueError: a count is < 1.
+        MemoryError: the reserve could not be made.
     """
     if not isinstance(cache, SlabCache):
         raise TypeError(f"cache must be a SlabCache, not {type(cache).__name__}")
-    if cache._debug:
+    if cache.debug:
         # A SlabPool's hot paths skip the cache's checks: a debug pool takes
         # none. With debug=False, only its slow paths are checked.
         options.setdefault("debug", True)
-    return _pool_class(False, options)(min_nr, cache, **options)
+    return SlabPool(min_nr, cache, leak_sampling=leak_sampling, **options)
 
 
 def kmalloc_pool(min_nr: int, size: int, **options: Any) -> Mempool[bytearray]:
     """A pool of ``bytearray(size)`` elements: ``mempool_create_kmalloc_pool()``.
 
     Each allocation past the reserve makes a new, zeroed bytearray; freed
-    ones beyond the reserve go to the garbage collector.
+    ones beyond the reserve go to the garbage collector. ``options`` are
+    those of ``Mempool``.
+
+    Raises:
+        TypeError: ``size`` is not an int, an option is not of its type,
+            or a buffer pool's option was given (``leak_sampling``,
+            ``zero_on_free``: they need a pool of a SlabCache's buffers).
+        ValueError: a count is < 1.
+        MemoryError: the reserve could not be made.
     """
     check_nr("size", size)
+    for option in ("leak_sampling", "zero_on_free"):
+        if option in options:
+            raise TypeError(
+                f"{option} needs a pool of a SlabCache's buffers (buffer_pool, "
+                "slab_pool, page_pool), not a kmalloc pool"
+            )
     return TrackedPool(min_nr, _Kmalloc(size), **options)
 
 
-def page_pool(min_nr: int, order: int = 0, **options: Any) -> Mempool[memoryview]:
+def page_pool(
+    min_nr: int, order: int = 0, *, leak_sampling: int | None = None, **options: Any
+) -> Mempool[memoryview]:
     """A pool of page-aligned buffers of ``PAGESIZE << order`` bytes
     (4096 << order on most machines): ``mempool_create_page_pool()``.
 
     The buffers are writable memoryviews of anonymous memory maps, aligned
     to the page, as O_DIRECT file I/O wants them. ``options`` are those of
-    ``Mempool`` and ``leak_sampling``, as for ``buffer_pool``.
+    ``Mempool``, and ``leak_sampling`` is as for ``buffer_pool``.
+
+    Raises:
+        TypeError: ``order`` is not an int, or an option is not of its type.
+        ValueError: ``order`` is not from 0 to 20; a count is < 1.
+        MemoryError: the reserve could not be made.
     """
-    if type(order) is not int or not 0 <= order <= 20:
-        raise ValueError(f"order must be an int from 0 to 20, got {order!r}")
+    if type(order) is not int:
+        raise TypeError(f"order must be an int, not {type(order).__name__}")
+    if not 0 <= order <= 20:
+        raise ValueError(f"order must be from 0 to 20, got {order}")
     cache = SlabCache(
         mmap.PAGESIZE << order,
         page_aligned=True,
         name=options.get("name"),
         debug=options.get("debug"),
     )
-    pool_class = _pool_class(False, options)
-    return pool_class(min_nr, cache, owns_allocator=True, **options)
+    try:
+        return SlabPool(
+            min_nr, cache, owns_allocator=True, leak_sampling=leak_sampling, **options
+        )
+    except BaseException:
+        cache.close()
+        raise
 
 
 def buffer_pool(
@@ -394,6 +429,7 @@ def buffer_pool(
     zero_on_free: bool = False,
     page_aligned: bool = False,
     objects_per_slab: int | None = None,
+    leak_sampling: int | None = None,
     **options: Any,
 ) -> Mempool[memoryview]:
     """A pool of ``size``-byte buffers for servers: the everyday entry point.
@@ -409,17 +445,23 @@ def buffer_pool(
     ``zero_on_free=True`` wipes every buffer when it is freed (the kernel's
     init_on_free), so that the next borrower can never read the previous
     one's bytes, another connection's data. It costs a copy of ``size``
-    zero bytes per free (about 1.6 us for 64 KiB on a current x86-64; see
-    ``python -m benchmarks.debug_overhead``).
+    zero bytes per free (about 1.6 us for 64 KiB on a current x86-64).
 
     ``leak_sampling=N`` watches about one allocation in N, outside debug
     mode: a buffer dropped without ``free()`` is logged with where it was
-    allocated, and goes back to the pool (see ``aiomempool._leaks``). Off
-    (None) by default; when on, it costs the hot paths a countdown, and
-    each watched allocation a few microseconds.
+    allocated, and goes back to the pool. Off (None) by default; when on,
+    it costs the hot paths a countdown, and each watched allocation a few
+    microseconds.
 
     ``options`` are those of ``Mempool`` (``name``, ``retry_interval``,
     ``debug``; debug mode applies to the pool and its cache).
+
+    Example:
+        ```python
+        pool = buffer_pool(65536, min_nr=16, max_nr=1024, name="rx")
+        buf: memoryview = await pool.alloc()
+        pool.free(buf)
+        ```
 
     Raises:
         TypeError, ValueError: a size or count that is not an int >= 1, or
@@ -432,10 +474,6 @@ def buffer_pool(
         check_nr("max_nr", max_nr)
         if min_nr > max_nr:
             raise ValueError(f"min_nr must be <= max_nr, got {min_nr} > {max_nr}")
-    if type(zero_on_free) is not bool:
-        raise TypeError(
-            f"zero_on_free must be a bool, not {type(zero_on_free).__name__}"
-        )
     cache = SlabCache(
         size,
         objects_per_slab=objects_per_slab,
@@ -446,8 +484,14 @@ def buffer_pool(
         debug=options.get("debug"),
     )
     try:
-        pool_class = _pool_class(zero_on_free, options)
-        return pool_class(min_nr, cache, owns_allocator=True, **options)
+        return SlabPool(
+            min_nr,
+            cache,
+            owns_allocator=True,
+            zero_on_free=zero_on_free,
+            leak_sampling=leak_sampling,
+            **options,
+        )
     except BaseException:
         cache.close()
         raise

@@ -19,10 +19,12 @@ Bookkeeping, on the event loop's thread (nothing here is thread-safe):
   sharing a cache cannot free each other's buffers. The cache keeps its
   slot views alive, so their ids name them and nothing else.
 * ``_slots``: ``id(view) -> (slab, index)`` for every slot view, to name
-  the slot in error messages and to find a slab's views in ``shrink()``.
-* ``_watches``: ``id(alias) -> watch`` for the buffers a leak detector lent
-  as an alias of their slot (``_leaks.LeakSampler``): ``free()`` of an alias
-  frees its slot.
+  the slot in error messages (``_slot_name()``) and to find a slab's views
+  in ``shrink()``.
+* ``_aliases``: ``id(alias) -> alias record`` for the buffers a leak
+  detector lent as an alias of their slot (``_leaks.LeakSampler``
+  registers them with ``_add_alias()``): a free of an alias frees its slot
+  (``_take_alias()``).
 
 Invariants: a slot view is in exactly one of the free list and the holder
 sets, or lent to a mempool's reserve (in none), or, once the cache is closed,
@@ -40,12 +42,10 @@ from __future__ import annotations
 import mmap
 import sys
 from contextlib import suppress
-from typing import Any
+from typing import Protocol
 
-from ._checks import check_nr
-from ._leaks import aliased_slot, unwatch
-from ._poison import check_poison, poison, slot_name
-from .debug import debug_enabled
+from ._checks import check_nr, debug_enabled, short_repr
+from ._poison import check_poison, poison
 from .errors import (
     CorruptionError,
     DoubleFreeError,
@@ -59,6 +59,15 @@ __all__ = ["SlabCache"]
 
 SLAB_BYTES = 1 << 20
 """A slab's size when objects_per_slab is not given: about this many bytes."""
+
+
+class _Alias(Protocol):
+    """What the cache needs of a leak detector's alias record."""
+
+    @property
+    def slot(self) -> memoryview: ...
+    def is_alias(self, view: object) -> bool: ...
+    def take_back(self) -> memoryview: ...
 
 
 class _Slab:
@@ -131,11 +140,29 @@ class SlabCache:
     """
 
     __slots__ = (
-        "__weakref__", "_alloc_failures", "_busy", "_cap", "_closed", "_debug",
-        "_free", "_frees", "_headroom", "_high_water", "_limit",
-        "_max_objects", "_name", "_next_number", "_nr_objects", "_object_size",
-        "_objects_per_slab", "_out_by_slab", "_page_aligned", "_slabs", "_slots",
-        "_stranded", "_watches",
+        "__weakref__",
+        "_aliases",
+        "_alloc_failures",
+        "_busy",
+        "_cap",
+        "_closed",
+        "_debug",
+        "_free",
+        "_frees",
+        "_headroom",
+        "_high_water",
+        "_limit",
+        "_max_objects",
+        "_name",
+        "_next_number",
+        "_nr_objects",
+        "_object_size",
+        "_objects_per_slab",
+        "_out_by_slab",
+        "_page_aligned",
+        "_slabs",
+        "_slots",
+        "_stranded",
     )  # fmt: skip
 
     def __init__(
@@ -193,8 +220,13 @@ class SlabCache:
         self._page_aligned = page_aligned
         self._name = name
         self._debug = debug_enabled(debug)
-        self._watches: dict[int, Any] = {}
+        self._aliases: dict[int, _Alias] = {}
         self._closed = False
+        # The fields that SlabPool's fast path (pools.py) reads and writes
+        # itself, a declared contract: _free (pop, append; never replaced),
+        # _nr_objects, _limit (read), _high_water, _frees (+1 per free);
+        # and the methods _pop_free() and _push_free(). Whoever changes
+        # their meaning changes SlabPool.alloc() and free() with them.
         self._free: list[memoryview] = []
         self._busy: set[int] = set()
         self._slots: dict[int, tuple[_Slab, int]] = {}
@@ -241,11 +273,29 @@ class SlabCache:
         """The name given at construction, for logs and metrics."""
         return self._name
 
+    @property
+    def debug(self) -> bool:
+        """True if the cache is in debug mode (its free slots poisoned)."""
+        return self._debug
+
     def owns(self, view: object) -> bool:
         """True if ``view`` is a buffer of this cache, out or free (a slice
         or a copy of one is not)."""
+        return self._slot_of(view) is not None
+
+    def _slot_of(self, view: object) -> tuple[_Slab, int] | None:
+        """The slab and index of the slot ``view`` is the view of, or None."""
         where = self._slots.get(id(view))
-        return where is not None and where[0].views[where[1]] is view
+        if where is not None and where[0].views[where[1]] is view:
+            return where
+        return None
+
+    def _slot_name(self, view: object) -> str:
+        """'slab N, slot M' for a buffer of this cache, else a short repr."""
+        where = self._slot_of(view)
+        if where is None:
+            return short_repr(view)
+        return f"slab {where[0].number}, slot {where[1]}"
 
     def stats(self) -> SlabStats:
         """A frozen snapshot of the cache's counters and gauges."""
@@ -311,7 +361,7 @@ class SlabCache:
         """Debug mode: check the poison of a buffer just handed out. On a
         mismatch it goes back on the free list, poisoned afresh."""
         try:
-            check_poison(view, lambda: f"{self!r}: {slot_name(self, view)}")
+            check_poison(view, lambda: f"{self!r}: {self._slot_name(view)}")
         except CorruptionError:
             busy.remove(id(view))
             self._free.append(view)
@@ -418,10 +468,10 @@ class SlabCache:
         try:
             busy.remove(id(view))
         except KeyError:
-            slot = aliased_slot(self._watches, view)  # a leak detector's alias?
+            slot = self._alias_slot(view)  # a leak detector's alias?
             if slot is None or id(slot) not in busy:
                 raise self._refusal(view, busy) from None
-            unwatch(self._watches, view)
+            self._take_alias(view)
             busy.remove(id(slot))
             view = slot
         self._free.append(view)
@@ -430,11 +480,11 @@ class SlabCache:
     def _refusal(self, view: object, busy: set[int]) -> ValueError:
         """The error for a free() of something not in ``busy``: what was
         it?"""
-        slot = aliased_slot(self._watches, view)  # a leak detector's alias
+        slot: object = self._alias_slot(view)  # a leak detector's alias
         if slot is None:
-            slot = view  # type: ignore[assignment]
-        where = self._slots.get(id(slot))
-        if where is not None and where[0].views[where[1]] is slot:
+            slot = view
+        where = self._slot_of(slot)
+        if where is not None:
             name = f"{view!r} (slab {where[0].number}, slot {where[1]})"
             if busy is not self._busy:
                 # From a pool: out with the cache's own callers, or with
@@ -449,14 +499,17 @@ class SlabCache:
                         f"{self!r}: {name} belongs to another pool of this "
                         "cache (out with it, or in its reserve): free it there"
                     )
-            if self._closed:
-                state = "it is not out (freed already, or in a mempool's reserve)"
-            elif any(v is view for v in self._free):
-                state = "it is already free"
-            else:
+            if not self._closed and not any(v is slot for v in self._free):
                 # Neither out with a caller of alloc() nor on the free list:
                 # a pool's, out with it or lent to its reserve.
-                state = "it is a mempool's (in its reserve, or out with it)"
+                return ForeignElementError(
+                    f"{self!r}: {name} is a mempool's (in its reserve, or out "
+                    "with it), not out with a caller of alloc(): free it there"
+                )
+            if self._closed:
+                state = "it is not out (freed already, or in a mempool's reserve)"
+            else:
+                state = "it is already free"
             return DoubleFreeError(f"{self!r}: double free of {name}: {state}")
         hint = ""
         if isinstance(view, memoryview):
@@ -473,6 +526,33 @@ class SlabCache:
             f"{self!r}: {short_repr(view)} is not a buffer handed out by this "
             f"cache (a slice or a copy?){hint}"
         )
+
+    # -- the leak detector's aliases -------------------------------------
+
+    def _add_alias(self, key: int, alias: _Alias) -> None:
+        """Register ``alias``, lent as the view whose id is ``key``."""
+        self._aliases[key] = alias
+
+    def _drop_alias(self, key: int, alias: _Alias) -> None:
+        """Forget ``alias`` (its view was dropped), if still registered."""
+        if self._aliases.get(key) is alias:
+            del self._aliases[key]
+
+    def _alias_slot(self, view: object) -> memoryview | None:
+        """The slot ``view`` is a registered alias of, or None."""
+        alias = self._aliases.get(id(view))
+        if alias is None or not alias.is_alias(view):
+            return None
+        return alias.slot
+
+    def _take_alias(self, view: object) -> memoryview | None:
+        """The slot ``view`` is an alias of, taken back and forgotten; None
+        if it is not one."""
+        alias = self._aliases.get(id(view))
+        if alias is None or not alias.is_alias(view):
+            return None
+        del self._aliases[id(view)]
+        return alias.take_back()
 
     # -- giving memory back ------------------------------------------------
 
@@ -544,10 +624,3 @@ class SlabCache:
         del self._out_by_slab[slab]
         self._stranded -= len(slab.views) - 1  # its other slots were free
         self._release(slab)
-
-
-def short_repr(element: object) -> str:
-    """An element for an error message: never its bytes."""
-    if isinstance(element, (bytes, bytearray)):
-        return f"<{type(element).__name__} of {len(element)} bytes at {id(element):#x}>"
-    return format(repr(element), ".60")

@@ -1,32 +1,20 @@
-"""Snapshots of a pool's counters."""
+"""Snapshots: of a pool's counters, a cache's, and an element out."""
 
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
-__all__ = ["WAIT_BUCKETS", "MempoolStats", "SlabStats", "named_pools"]
+__all__ = ["WAIT_BUCKETS", "MempoolStats", "Outstanding", "SlabStats"]
+
+T = TypeVar("T")
 
 WAIT_BUCKETS: tuple[float, ...] = (
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, math.inf,
 )  # fmt: skip
 """Upper bounds, in seconds, of the buckets of the wait-time histogram in
 ``MempoolStats.wait_counts``; the last one catches every longer wait."""
-
-# Every live pool that was given a name, for metrics exporters.
-_named: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-def register(pool: Any) -> None:
-    """Remember a named pool (weakly) for ``named_pools()``."""
-    _named.add(pool)
-
-
-def named_pools() -> list[Any]:
-    """The live pools that were given a name, sorted by name."""
-    return sorted(_named, key=lambda pool: pool.name)
 
 
 @dataclass(frozen=True)
@@ -68,6 +56,20 @@ class MempoolStats:
     wait_sum_s: float
     """The total of those waits, in seconds."""
 
+    def __str__(self) -> str:
+        """The snapshot on one line, for a log: ``print(f"stats:
+        {pool.stats()}")``. The histogram is left out; ``max_wait_ms`` is
+        the longest wait."""
+        name = f"{self.name}: " if self.name is not None else ""
+        return (
+            f"{name}allocs={self.allocs} frees={self.frees} "
+            f"outstanding={self.outstanding} curr_nr={self.curr_nr} "
+            f"min_nr={self.min_nr} waiters={self.waiters} "
+            f"reserve_hits={self.reserve_hits} "
+            f"alloc_fn_failures={self.alloc_fn_failures} waits={self.waits} "
+            f"timeouts={self.timeouts} max_wait_ms={self.max_wait_s * 1e3:.1f}"
+        )
+
 
 @dataclass(frozen=True)
 class SlabStats:
@@ -98,3 +100,16 @@ class SlabStats:
     """Objects given back by ``free()``."""
     alloc_failures: int
     """Calls of ``alloc()`` that returned None."""
+
+
+@dataclass(frozen=True)
+class Outstanding(Generic[T]):
+    """An element out with a caller: what ``Mempool.outstanding()`` lists."""
+
+    element: T
+    """The element, as the caller holds it."""
+    allocated_at: str
+    """Where it was allocated: the innermost calls outside aiomempool,
+    formatted as a traceback prints them."""
+    age_s: float
+    """Seconds since it was allocated."""

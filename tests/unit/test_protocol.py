@@ -21,8 +21,8 @@ from aiomempool import (
     PooledWriter,
     SlabCache,
     buffer_pool,
+    slab_pool,
 )
-from aiomempool.pools import slab_pool
 
 TIMEOUT = 5.0
 
