@@ -66,11 +66,12 @@ test: $(STAMP)
 	$(call redis_tools,the server tests that need them will be skipped)
 	$(BIN)/python -m pytest
 
-## lint: ruff and mypy --strict
+## lint: ruff, mypy --strict and the import layers
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## bench: every benchmark on asyncio and uvloop; updates docs/assets/benchmarks
 bench: $(BENCH_STAMP)

@@ -109,7 +109,7 @@ class PoolDebug(Generic[T]):
 
     __slots__ = (
         "_describe", "_freed", "_give_back", "_out", "_owner", "_quarantine",
-        "_recheck", "_reserve", "_warn", "strict", "zero",
+        "_recheck", "_reserve", "_strict", "_warn", "_zero",
     )  # fmt: skip
 
     def __init__(
@@ -131,11 +131,11 @@ class PoolDebug(Generic[T]):
         self._quarantine: list[_Loan] = []
         self._recheck: Any = None  # the loop's handle of _retry_later()
         self._warn = RateLimitedWarning(what="use-after-free")
-        #: The pool refuses elements it did not hand out (its allocator
-        #: knows them): a free of one it cannot place is a double free.
-        self.strict = strict
-        #: Hand out zeros rather than POISON_INUSE (``zero_on_free``).
-        self.zero = zero
+        # The pool refuses elements it did not hand out (its allocator knows
+        # them): a free of one it cannot place is a double free.
+        self._strict = strict
+        # Hand out zeros rather than POISON_INUSE (``zero_on_free``).
+        self._zero = zero
 
     def lend(self, element: T) -> T:
         """Hook: ``element`` leaves the pool for a caller; what to hand out."""
@@ -143,7 +143,7 @@ class PoolDebug(Generic[T]):
         exporter = None
         if isinstance(element, memoryview) and poisonable(element):
             lent, exporter = alias(element)
-        if self.zero and poisonable(lent):
+        if self._zero and poisonable(lent):
             lent[:] = bytes(len(lent))
         self._freed.pop(id(lent), None)  # an element freed before, out again
         self._out[id(lent)] = _Loan(element, lent, exporter)
@@ -193,7 +193,7 @@ class PoolDebug(Generic[T]):
         if record is not None:
             kept, allocated_at, freed_at = record
             same = kept is element or (type(kept) is weakref.ref and kept() is element)
-            if same or reserved or self.strict:
+            if same or reserved or self._strict:
                 # Not the same for sure: an element with its id was freed.
                 maybe = "" if same or reserved else "?"
                 raise DoubleFreeError(

@@ -11,7 +11,7 @@ valid mask is decoded once, at import, into the table ``_MASKS``.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple, cast
+from typing import Final, NamedTuple, cast
 
 __all__ = ["GFP", "GFP_ATOMIC", "GFP_KERNEL", "GFP_NOWAIT"]
 
@@ -38,11 +38,13 @@ class GFP(enum.IntFlag):
     ZERO = 0x8
 
 
-GFP_KERNEL = GFP.DIRECT_RECLAIM
+# Final: the overloads of Mempool.alloc() see GFP_KERNEL as the one mask
+# that waits, and type its result as never None.
+GFP_KERNEL: Final = GFP.DIRECT_RECLAIM
 """May wait for an element: the usual mask for task context."""
-GFP_NOWAIT = GFP(0)
+GFP_NOWAIT: Final = GFP(0)
 """Never waits, no emergency headroom: for callbacks."""
-GFP_ATOMIC = GFP.HIGH
+GFP_ATOMIC: Final = GFP.HIGH
 """Never waits, urgent: may use the allocator's emergency headroom."""
 ATOMIC_NOWARN = GFP_ATOMIC | GFP.NOWARN
 # GFP_ATOMIC without the warning: what receive paths with a fallback pass

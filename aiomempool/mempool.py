@@ -217,13 +217,16 @@ class Mempool(Generic[T]):
         if name is not None:
             _named.add(self)  # for metrics exporters
 
-    def _make_debug(self) -> PoolDebug[T]:
-        """The debug service, given what it needs of this pool."""
+    def _make_debug(self, *, strict: bool = False, zero: bool = False) -> PoolDebug[T]:
+        """The debug service, given what it needs of this pool; pools of
+        known allocators pass ``strict`` and ``zero`` (see PoolDebug)."""
         return PoolDebug(
             self._elements,
             describe=self._describe,
             give_back=weakref.WeakMethod(self._give_back),
             owner=weakref.ref(self),
+            strict=strict,
+            zero=zero,
         )
 
     # -- introspection -----------------------------------------------------

@@ -116,10 +116,9 @@ class TrackedPool(Mempool[T], Generic[T]):
         free_fn = cast(Callable[[T, Any], object], allocator._free_fn)
         super().__init__(min_nr, alloc_fn, free_fn, self._out, **options)
 
-    def _make_debug(self) -> PoolDebug[T]:
-        debug = super()._make_debug()
-        debug.strict = True  # it refuses what it did not hand out
-        return debug
+    def _make_debug(self, *, strict: bool = True, zero: bool = False) -> PoolDebug[T]:
+        # strict: it refuses what it did not hand out.
+        return super()._make_debug(strict=True, zero=zero)
 
     def _add_element(self, element: T) -> None:
         # Into the reserve: no longer out with a caller.
@@ -242,10 +241,11 @@ class SlabPool(TrackedPool[memoryview]):
         if leak_sampling is not None and self._debug is None:
             self._sampler = LeakSampler(self, cache, leak_sampling, self._out)
 
-    def _make_debug(self) -> PoolDebug[memoryview]:
-        debug = super()._make_debug()
-        debug.zero = self._zeros is not None  # zeros, not POISON_INUSE, lent
-        return debug
+    def _make_debug(
+        self, *, strict: bool = True, zero: bool = False
+    ) -> PoolDebug[memoryview]:
+        # zero: zeros, not POISON_INUSE, are lent (zero_on_free).
+        return super()._make_debug(strict=strict, zero=self._zeros is not None)
 
     @overload
     async def alloc(
