@@ -107,6 +107,23 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     #: Set by ``connection_made()``.
     transport: asyncio.Transport
 
+    # The state, field by field (ownership: see the module's docstring):
+    #   _buf        the buffer reads go into (lent to the transport, then
+    #               to view_received(), or kept), or None
+    #   _fill       kept (or unseen) bytes at the start of _buf
+    #   _full       buffers kept with no room left, until release_kept()
+    #   _keep       keep_buffer()'s start, during view_received() only
+    #   _end        len(view) during view_received(), else None
+    #   _taken      take_buffer() was called in this view_received()
+    #   _fresh      _buf came from get_buffer() and no read filled it yet
+    #   _sweeper    the loop's _Sweeper, which gives fresh buffers back
+    #   _fallback   the small buffer read into while the pool is dry
+    #   _pending    bytes read into _fallback, not yet in a pool buffer
+    #   _waiter     the task waiting for a buffer of a dry pool, or None
+    #   _unseen     _buf[_unseen_at:_fill] not yet seen by view_received()
+    #   _paused     the user's pause_reading() holds
+    #   _lost       connection_lost() was called
+
     def __init__(self, pool: Mempool[memoryview]) -> None:
         if not isinstance(pool, Mempool):
             raise TypeError(f"pool must be a Mempool, not {type(pool).__name__}")
@@ -241,9 +258,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         delivered still). In ``view_received()``, it undoes
         ``keep_buffer()`` too. Never awaits."""
         self._keep = None
-        full, self._full = self._full, []
-        for kept in full:
-            self.pool.free(kept)
+        self._free_full()
         if self._end is not None:
             return
         buf = self._buf
@@ -348,9 +363,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             # done with alloc(), it stored its buffer in _buf, freed below.
             waiter.cancel()
         self._keep = None
-        full, self._full = self._full, []
-        for buf in full:
-            self.pool.free(buf)
+        self._free_full()
         self._drop_buf()
 
     # -- internals ------------------------------------------------------------
@@ -402,6 +415,12 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         if self._fresh and self._fill == 0 and self._buf is not None:
             self._fresh = False
             self._drop_buf()
+
+    def _free_full(self) -> None:
+        """Give back every buffer kept full."""
+        full, self._full = self._full, []
+        for buf in full:
+            self.pool.free(buf)
 
     def _drop_buf(self) -> None:
         """Give ``_buf`` back to the pool, if any."""
@@ -490,13 +509,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     def _failed(self, exc: Exception) -> None:
         """``view_received()`` raised outside a transport's callback: as a
         failure in ``buffer_updated()`` would, the connection ends."""
-        asyncio.get_running_loop().call_exception_handler(
-            {
-                "message": "PooledBufferedProtocol: delivering failed",
-                "exception": exc,
-                "protocol": self,
-            }
-        )
+        _report("delivering failed", exc, self)
         self.transport.abort()
 
 
@@ -536,13 +549,18 @@ class _Sweeper:
         try:
             protocol._sweep()
         except Exception as exc:  # one pool's failure spares the others
-            asyncio.get_running_loop().call_exception_handler(
-                {
-                    "message": "PooledBufferedProtocol: giving back failed",
-                    "exception": exc,
-                    "protocol": protocol,
-                }
-            )
+            _report("giving back failed", exc, protocol)
+
+
+def _report(what: str, exc: Exception, protocol: PooledBufferedProtocol) -> None:
+    """An error outside a transport's callback, for the loop's handler."""
+    asyncio.get_running_loop().call_exception_handler(
+        {
+            "message": f"PooledBufferedProtocol: {what}",
+            "exception": exc,
+            "protocol": protocol,
+        }
+    )
 
 
 #: One sweeper per loop (it holds no reference to the loop, which may go).

@@ -60,7 +60,7 @@ class MempoolStats:
         """The snapshot on one line, for a log: ``print(f"stats:
         {pool.stats()}")``. The histogram is left out; ``max_wait_ms`` is
         the longest wait."""
-        name = f"{self.name}: " if self.name is not None else ""
+        name = f"pool={self.name} " if self.name is not None else ""
         return (
             f"{name}allocs={self.allocs} frees={self.frees} "
             f"outstanding={self.outstanding} curr_nr={self.curr_nr} "

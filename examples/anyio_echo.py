@@ -66,16 +66,6 @@ async def echo(
             return  # idle for idle_timeout seconds (send included)
 
 
-def stats_line(pool: Mempool[memoryview]) -> str:
-    """The pool's stats on one line."""
-    s = pool.stats()
-    return (
-        f"stats: allocs={s.allocs} frees={s.frees} outstanding={s.outstanding} "
-        f"curr_nr={s.curr_nr} min_nr={s.min_nr} reserve_hits={s.reserve_hits} "
-        f"waits={s.waits} max_wait_ms={s.max_wait_s * 1e3:.1f}"
-    )
-
-
 async def wait_signal(
     scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]
 ) -> None:
@@ -151,7 +141,7 @@ async def serve(args: argparse.Namespace) -> None:
             # serve() starts each connection's handler in tg: cancelling tg
             # cancels them all, and the with block waits until they are done.
             await listener.serve(handle, tg)
-        print(stats_line(pool), flush=True)
+        print(f"stats: {pool.stats()}", flush=True)
     finally:
         pool.close()
 

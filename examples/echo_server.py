@@ -51,16 +51,6 @@ class Echo(PooledBufferedProtocol):
             self.lost.set_result(None)
 
 
-def stats_line(pool: Mempool[memoryview]) -> str:
-    """The pool's stats on one line."""
-    s = pool.stats()
-    return (
-        f"stats: allocs={s.allocs} frees={s.frees} outstanding={s.outstanding} "
-        f"curr_nr={s.curr_nr} min_nr={s.min_nr} reserve_hits={s.reserve_hits} "
-        f"waits={s.waits} max_wait_ms={s.max_wait_s * 1e3:.1f}"
-    )
-
-
 class Parser(argparse.ArgumentParser):
     """Says what is wrong with the arguments in one line, and exits 2."""
 
@@ -122,7 +112,7 @@ async def serve(args: argparse.Namespace) -> None:
             conn.transport.abort()
         await asyncio.wait_for(asyncio.gather(*lost), timeout=5)
         await server.wait_closed()
-        print(stats_line(pool), flush=True)
+        print(f"stats: {pool.stats()}", flush=True)
     finally:
         pool.close()
 

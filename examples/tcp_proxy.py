@@ -208,17 +208,6 @@ async def link(proxy: Proxy, client: Side) -> None:
     upstream.linked(client)
 
 
-def stats_line(proxy: Proxy) -> str:
-    """The pool's stats on one line."""
-    s = proxy.pool.stats()
-    return (
-        f"stats: allocs={s.allocs} frees={s.frees} outstanding={s.outstanding} "
-        f"curr_nr={s.curr_nr} min_nr={s.min_nr} reserve_hits={s.reserve_hits} "
-        f"waits={s.waits} max_wait_ms={s.max_wait_s * 1e3:.1f} "
-        f"backpressure_pauses={proxy.pauses}"
-    )
-
-
 async def shutdown(proxy: Proxy, server: asyncio.Server) -> None:
     """Stop accepting, let connections flush for a while, then abort them;
     wait until every buffer is back."""
@@ -308,7 +297,10 @@ async def serve(args: argparse.Namespace) -> None:
         print(f"listening on {host}:{port}", flush=True)
         await stop.wait()
         await shutdown(proxy, server)
-        print(stats_line(proxy), flush=True)
+        print(
+            f"stats: {proxy.pool.stats()} backpressure_pauses={proxy.pauses}",
+            flush=True,
+        )
     finally:
         pool.close()
 
