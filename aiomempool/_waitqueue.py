@@ -90,18 +90,20 @@ class WaitQueue:
     thread.
     """
 
-    __slots__ = ("_entries", "_loop", "nparked", "on_empty")
+    __slots__ = ("_entries", "loop", "nparked", "on_empty")
 
     #: Tasks parked and not served or gone yet, as counted (read it, never
     #: write it): cheap, for the pool's gate; those of a closed loop are
     #: counted until an operation of the line forgets them. ``len()`` is
     #: exact.
     nparked: int
+    #: The loop of the tasks parked (or last parked), read-only.
+    loop: asyncio.AbstractEventLoop | None
 
     def __init__(self, on_empty: Callable[[], None]) -> None:
         self._entries: deque[tuple[asyncio.Future[Any], GFP]] = deque()
         self.nparked = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.on_empty = on_empty
 
     def __len__(self) -> int:
@@ -114,16 +116,22 @@ class WaitQueue:
         return f"<WaitQueue waiters={self.nparked}>"
 
     def accepts(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """True if a task of ``loop`` may park: nobody waits, or the tasks
-        that do are of ``loop`` too (or of a closed loop: dead)."""
-        return not self.nparked or self._loop is loop or self._dead()
+        """True if a task of ``loop`` may wait here: nobody waits, or the
+        tasks that do are of ``loop`` too (or of a closed loop: dead)."""
+        return not self.nparked or self.loop is loop or self._dead()
 
-    def park(
-        self, loop: asyncio.AbstractEventLoop, gfp_mask: GFP
-    ) -> asyncio.Future[Any]:
-        """Queue a task of ``loop`` at the back of the line; ``accepts(loop)``
-        holds. Await the future: it resolves to what the task is handed."""
-        self._loop = loop
+    def park(self, gfp_mask: GFP) -> asyncio.Future[Any]:
+        """Queue the calling task at the back of the line; await the future:
+        it resolves to what the task is handed.
+
+        The future is of the loop the tasks parked already wait on (a task
+        of another loop gets asyncio's RuntimeError at its await, and leaves
+        by ``leave()``), or of the running loop if nobody waits (or only the
+        tasks of a closed loop: forgotten now).
+        """
+        loop = self.loop  # _dead(), inlined: every wait
+        if not self.nparked or loop is None or (loop.is_closed() and self._dead()):
+            loop = self.loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._entries.append((fut, gfp_mask))
         self.nparked += 1
@@ -132,7 +140,10 @@ class WaitQueue:
     def has_live(self) -> bool:
         """True if a live future is queued; drops dead ones from the head."""
         entries = self._entries
-        if not entries or self._dead():
+        if not entries:
+            return False
+        loop = self.loop  # _dead(), inlined: every wait
+        if loop is not None and loop.is_closed() and self._dead():
             return False
         while entries:
             if not entries[0][0].done():
@@ -147,13 +158,19 @@ class WaitQueue:
     def hand(self, value: object) -> bool:
         """Resolve the first live future with ``value``; False if none."""
         entries = self._entries
-        if not entries or self._dead():
+        if not entries:
+            return False
+        loop = self.loop  # _dead(), inlined: every hand-off
+        if loop is not None and loop.is_closed() and self._dead():
             return False
         while entries:
             fut = entries.popleft()[0]
             if not fut.done():
                 fut.set_result(value)
-                self._served()
+                self.nparked -= 1  # _served(), inlined: every hand-off
+                if not self.nparked:
+                    entries.clear()
+                    self.on_empty()
                 return True
         return False
 
@@ -185,7 +202,7 @@ class WaitQueue:
         loop = fut.get_loop()
         dead = loop.is_closed()
         if dead:
-            if loop is self._loop:
+            if loop is self.loop:
                 self._dead()  # forgotten now, if not before
         elif not fut.done():
             fut.cancel()  # thrown in by something else: make it dead
@@ -217,8 +234,8 @@ class WaitQueue:
         """True if the waiters are of a loop that is closed now: then the
         whole line is forgotten. Their futures stay pending; a task closed
         later by the garbage collector leaves by ``leave()``."""
-        loop = self._loop
-        if not self.nparked or loop is None or not loop.is_closed():
+        loop = self.loop
+        if loop is None or not self.nparked or not loop.is_closed():
             return False
         self._entries = deque()
         self.nparked = 0

@@ -373,23 +373,39 @@ class Mempool(Generic[T]):
                 return None
             if timeout is not None and timeout <= 0:
                 raise self._timed_out(mask, timeout)
-        # Wait in line until handed an element. Inlined rather than a
-        # coroutine of its own: a contended pool goes through here per call.
-        fut = self._park(mask.full)
+        # Wait in line until handed an element: the caller found the reserve
+        # empty, with no await since. Inlined rather than a coroutine or a
+        # method of its own: a contended pool goes through here per call.
+        line = self._line
+        fut = line.park(mask.full)
+        if line.nparked == 1:  # the first waiter: the retry timer starts
+            loop = self._loop = fut.get_loop()
+            self._retry_timer = loop.call_later(
+                self._retry_interval, self._retry_expired
+            )
+        self._gate = True
         self._waits += 1
         handle = None
         if timeout is not None:
-            handle = fut.get_loop().call_later(timeout, self._line.expire, fut)
+            handle = fut.get_loop().call_later(timeout, line.expire, fut)
         # uvloop's loop.time() ticks in milliseconds: fine for deadlines,
         # too coarse to measure waits.
         start = time.perf_counter()
         try:
             got = await fut
-        except BaseException:
-            passed_on = self._line.leave(fut)
+        except BaseException as exc:
+            passed_on = line.leave(fut)
             if passed_on is not None:
                 self._received(cast(T, passed_on))
                 self._give_back(cast(T, passed_on))
+            if type(exc) is RuntimeError and fut.get_loop() is not running_loop():
+                # asyncio refused a future of another loop at the await.
+                self._waits -= 1
+                raise RuntimeError(
+                    f"{self!r}: tasks of another event loop wait on this pool; "
+                    "a pool serves the tasks of one loop at a time (use one "
+                    "pool per loop, or free_threadsafe() from other threads)"
+                ) from exc
             raise
         finally:
             if handle is not None:
@@ -513,30 +529,6 @@ class Mempool(Generic[T]):
 
     # -- waiting -------------------------------------------------------------
 
-    def _park(self, gfp_mask: GFP) -> asyncio.Future[Any]:
-        """Queue the calling task at the back of the line.
-
-        The caller has found the reserve empty, with no await since.
-
-        Raises:
-            RuntimeError: tasks of another, open event loop wait already.
-        """
-        loop = asyncio.get_running_loop()
-        line = self._line
-        if not line.accepts(loop):
-            raise RuntimeError(
-                f"{self!r}: tasks of another event loop wait on this pool; a "
-                "pool serves the tasks of one loop at a time (use one pool "
-                "per loop, or free_threadsafe() from other threads)"
-            )
-        if not len(line):
-            self._loop = loop
-            self._retry_timer = loop.call_later(
-                self._retry_interval, self._retry_expired
-            )
-        self._gate = True
-        return line.park(loop, gfp_mask)
-
     def _line_emptied(self) -> None:
         """The last waiter was served or left (or its loop closed)."""
         self._regate()
@@ -635,9 +627,7 @@ class Mempool(Generic[T]):
         if len(self._elements) < self._min_nr and not self._closed:
             # Tasks park only while the reserve is empty, so a refill goes
             # to the longest waiter; the reserve gets it if nobody waits.
-            if self._line.hand(element):
-                self._handed(element)
-            else:
+            if not self._line.hand(element):
                 self._add_element(element)
             return
         # By the invariant nobody waits here; were a task parked (an
@@ -650,8 +640,9 @@ class Mempool(Generic[T]):
                 self._retry()
 
     def _handed(self, element: T) -> None:
-        """Hook: ``element`` was handed to a waiter, whose task has not run
-        yet (pools that know what they have out extend it)."""
+        """Hook: the allocator's ``element`` was handed to a waiter, whose
+        task has not run yet (pools that know what they have out extend
+        it; a freed element handed on is theirs to see in _give_back())."""
 
     def _received(self, element: T) -> None:
         """Hook: the waiter's task has ``element`` now (back from the line:

@@ -140,6 +140,10 @@ class TrackedPool(Mempool[T], Generic[T]):
         if id(element) not in self._out:
             element = self._claim(element)
         super()._give_back(element)
+        if id(element) in self._out:
+            # Neither in the reserve nor back with the allocator: handed to
+            # a waiter, whose task has not run yet.
+            self._handed(element)
 
     def _handed(self, element: T) -> None:
         self._out.discard(id(element))
