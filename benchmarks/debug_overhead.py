@@ -11,13 +11,13 @@ pool measured in the same run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
-from collections.abc import Callable
-from statistics import median
 from time import perf_counter_ns
 from typing import Any
 
 from aiomempool import buffer_pool
+from benchmarks.harness import Batch, Config, measure_batches
 
 SIZE = 64 * 1024
 
@@ -31,11 +31,11 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def batch(options: dict[str, Any]) -> Callable[[int], float]:
+def batch(options: dict[str, Any]) -> Batch:
     """A batch of n cycles on a pool of its own: nanoseconds per cycle."""
     pool = buffer_pool(SIZE, min_nr=4, **options)
 
-    def run(n: int) -> float:
+    async def run(n: int) -> float:
         alloc, free = pool.alloc_nowait, pool.free
         gc.collect()
         gc.disable()
@@ -51,18 +51,21 @@ def batch(options: dict[str, Any]) -> Callable[[int], float]:
 
 
 def measure(repeats: int, batch_s: float) -> dict[str, float]:
-    """The median nanoseconds per cycle of every case."""
-    runs = {name: batch(options) for name, options in CASES.items()}
-    # Cycles per batch: about batch_s seconds each, from a short probe.
-    cycles = {
-        name: max(10, int(batch_s * 1e9 / run(200))) for name, run in runs.items()
-    }
-    names = list(runs)
-    figures: dict[str, list[float]] = {name: [] for name in names}
-    for repeat in range(repeats):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            figures[name].append(runs[name](cycles[name]))
-    return {name: median(values) for name, values in figures.items()}
+    """The median nanoseconds per cycle of every case, through the suite's
+    harness (batches interleaved, their order rotating)."""
+    cfg = Config(
+        repeats=repeats, batch_s=batch_s, handoff_repeats=1, tasks=1, task_cycles=1
+    )
+    loop = asyncio.new_event_loop()
+    try:
+        figures, failed = measure_batches(
+            loop, {name: batch(options) for name, options in CASES.items()}, cfg
+        )
+    finally:
+        loop.close()
+    if failed:
+        raise RuntimeError(f"cases failed: {failed}")
+    return figures
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,9 +19,6 @@ from benchmarks.cases import ELEMENTS, IN_FLIGHT
 from benchmarks.handrolled import stock
 from benchmarks.harness import Batch, Handoff, race
 
-#: Shown instead of figures for what this version of aiomempool lacks.
-NOT_AVAILABLE = "not available in this version"
-
 
 def _alloc_from(gfp_mask: GFP, free_list: list[bytearray]) -> bytearray | None:
     """A cheap backing allocator: pops a free list, None once it is empty."""
@@ -62,10 +59,6 @@ async def element_cycle(n: int) -> float:
         async with pool.element():
             pass
     return (perf_counter_ns() - start) / n
-
-
-def has_buffer_pool() -> bool:
-    return hasattr(aiomempool, "buffer_pool")
 
 
 @asynccontextmanager

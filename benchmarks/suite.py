@@ -18,7 +18,7 @@ Then the targets of the project's issues, PASS or MISS. A full run writes
 ``results.json``, the charts and the page's table into
 ``docs/assets/benchmarks/``; ``--quick`` writes nothing there (only where
 ``--out`` says). ``--servers`` adds the server figures, from
-``benchmarks/servers.py`` where this version has one (its ``run(quick)``
+``benchmarks/servers.py`` (its ``run(quick)``
 prints its table and returns what goes into the JSON).
 """
 
@@ -53,7 +53,6 @@ from benchmarks.cases import (
 from benchmarks.harness import (
     FULL,
     QUICK,
-    Batch,
     Config,
     HandoffRun,
     measure_batches,
@@ -62,12 +61,6 @@ from benchmarks.harness import (
 
 DOCS_OUT = Path(__file__).resolve().parent.parent / "docs" / "assets" / "benchmarks"
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
-
-
-def _mempool_case(label: str, job: Batch | None) -> Case[Batch]:
-    if job is None:
-        return Case(label, AIOMEMPOOL, status=mempools.NOT_AVAILABLE)
-    return Case(label, AIOMEMPOOL, job)
 
 
 def groups(libs: list[libraries.Loaded]) -> list[Group]:
@@ -103,7 +96,6 @@ def groups(libs: list[libraries.Loaded]) -> list[Group]:
             ],
         ),
     ]
-    pool = mempools.has_buffer_pool()
     for size in BUFFER_SIZES:
         out.append(
             Group(
@@ -122,13 +114,15 @@ def groups(libs: list[libraries.Loaded]) -> list[Group]:
                         HAND_ROLLED,
                         handrolled.queue_buffer_cycle(size),
                     ),
-                    _mempool_case(
+                    Case(
                         res.buffer_nowait_label(size),
-                        mempools.buffer_nowait_cycle(size) if pool else None,
+                        AIOMEMPOOL,
+                        mempools.buffer_nowait_cycle(size),
                     ),
-                    _mempool_case(
+                    Case(
                         res.buffer_alloc_label(size),
-                        mempools.buffer_alloc_cycle(size) if pool else None,
+                        AIOMEMPOOL,
+                        mempools.buffer_alloc_cycle(size),
                     ),
                 ],
             )
@@ -220,13 +214,8 @@ def versions(libs: list[libraries.Loaded]) -> dict[str, str]:
 
 
 def _servers(quick: bool) -> dict[str, Any] | None:
-    if importlib.util.find_spec("benchmarks.servers") is None:
-        print(
-            "\nserver figures: not available in this version "
-            "(it has no benchmarks/servers.py)"
-        )
-        return None
-    servers = importlib.import_module("benchmarks.servers")
+    from benchmarks import servers  # it drives redis-benchmark: only if asked
+
     data: dict[str, Any] = servers.run(quick)
     return data
 
