@@ -264,7 +264,6 @@ class SlabPool(TrackedPool[memoryview]):
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
     ) -> memoryview | None:
         """As ``Mempool.alloc()``."""
-        view: memoryview | None = None
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
             # SlabCache._pop_free(cache._limit, out), inlined: the awaited
             # cycle is the one that must beat an asyncio.Queue of buffers,
@@ -280,17 +279,20 @@ class SlabPool(TrackedPool[memoryview]):
                 if out >= cache._high_water:
                     cache._high_water = out + 1
                 self._allocs += 1
-        if view is None:
-            view = await Mempool.alloc(self, gfp_mask, timeout=timeout)
+                sampler = self._sampler
+                if sampler is None:
+                    return view
+                sampler.countdown -= 1  # as below: change both together
+                return view if sampler.countdown > 0 else sampler.sample(view)
+        got = await Mempool.alloc(self, gfp_mask, timeout=timeout)
         sampler = self._sampler
         if sampler is None:
-            return view
+            return got
         sampler.countdown -= 1
-        return view if sampler.countdown > 0 else sampler.sample(view)
+        return got if sampler.countdown > 0 else sampler.sample(got)
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
         """As ``Mempool.alloc_nowait()``."""
-        view = None
         # The steady state, and a mask that never waits and asks for no
         # zeroing (by identity: one IntFlag test costs more than the path).
         # The cache's headroom (GFP.HIGH) is the slow path's business.
@@ -303,28 +305,32 @@ class SlabPool(TrackedPool[memoryview]):
             view = cache._pop_free(cache._limit, self._out)
             if view is not None:
                 self._allocs += 1
-        if view is None:
-            view = Mempool.alloc_nowait(self, gfp_mask)
+                sampler = self._sampler
+                if sampler is None:
+                    return view
+                sampler.countdown -= 1  # as below: change both together
+                return view if sampler.countdown > 0 else sampler.sample(view)
+        got = Mempool.alloc_nowait(self, gfp_mask)
         sampler = self._sampler
         if sampler is None:
-            return view
+            return got
         sampler.countdown -= 1
-        return view if sampler.countdown > 0 else sampler.sample(view)
+        return got if sampler.countdown > 0 else sampler.sample(got)
 
     def free(self, element: memoryview | None) -> None:
         """As ``Mempool.free()``; with ``zero_on_free``, the buffer is wiped
         first, so that the next borrower (or waiter) reads zeros. In debug
         mode poisoning wipes it, and it is zeroed when handed out."""
-        if element is None:
-            return
-        if self._zeros is not None and self._debug is None:
-            if id(element) not in self._out:
-                element = self._claim(element)  # an alias's slot, or raises
-            element[:] = self._zeros
         cache = self._allocator
         # In the steady state of both (the pool's reserve full, the cache
-        # open: its _limit is 0 once closed), straight back to the cache.
-        if not self._gate and cache._limit:
+        # open: its _limit is 0 once closed), straight back to the cache;
+        # a pool that zeroes goes the general way (the wipe costs far more).
+        if (
+            not self._gate
+            and cache._limit
+            and element is not None
+            and self._zeros is None
+        ):
             # SlabCache._push_free(), inlined as _pop_free() is in alloc().
             try:
                 self._out.remove(id(element))
@@ -336,8 +342,12 @@ class SlabPool(TrackedPool[memoryview]):
                 self._slab_free.append(element)
                 cache._frees += 1
             self._frees += 1
-        else:
-            Mempool.free(self, element)
+            return
+        if element is not None and self._zeros is not None and self._debug is None:
+            if id(element) not in self._out:
+                element = self._claim(element)  # an alias's slot, or raises
+            element[:] = self._zeros
+        Mempool.free(self, element)
 
 
 def slab_pool(
