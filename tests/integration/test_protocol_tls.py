@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import TIMEOUT, close, shut_down
 
 from aiomempool import GFP_ATOMIC, Mempool, PooledBufferedProtocol, buffer_pool
 
-TIMEOUT = 10.0
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -146,16 +146,7 @@ async def tls_server(
         yield connect
         await asyncio.wait_for(asyncio.gather(*(p.lost for p in made)), TIMEOUT)
     finally:
-        server.close()
-        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
-        for protocol in made:
-            if not protocol.lost.done():
-                protocol.transport.abort()
-
-
-async def close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+        await shut_down(server, made)
 
 
 @pytest.mark.asyncio

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import TIMEOUT, close
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOOPS = pytest.mark.parametrize("loop", [[], ["--uvloop"]], ids=["asyncio", "uvloop"])
 EXAMPLE = pytest.mark.parametrize("example", ["tcp_proxy.py", "anyio_echo.py"])
 #: Small buffers, so that messages of several buffers stay cheap.
 BUFFER = 4096
-#: Every wait of the tests is bounded by this, in seconds.
-TIMEOUT = 15.0
 
 
 @dataclass
@@ -103,12 +102,6 @@ async def stop(server: Running) -> dict[str, str]:
 
 async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
-
-
-async def close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with suppress(ConnectionError):
-        await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
 
 
 def messages(seed: int, count: int) -> list[bytes]:

@@ -14,10 +14,10 @@ handed out twice, or two views that overlap, would break one of them.
 
 from __future__ import annotations
 
-import ctypes
 from itertools import pairwise
 from typing import Any
 
+from helpers import address
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,10 +34,6 @@ from aiomempool.slab import SlabCache
 
 MASKS = [GFP_NOWAIT, GFP_KERNEL, GFP_ATOMIC]
 Slot = tuple[int, int]  # (id of the slab's block, offset in it)
-
-
-def address(buf: Any) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
 class Held:

@@ -1,6 +1,6 @@
 """Seeded stress: thousands of tasks over a small pool, cancelled at random.
 
-Each test starts TASKS tasks over a pool of 8 to 32 elements whose backing
+Each run starts TASKS tasks over a pool of 8 to 32 elements whose backing
 allocator has little headroom, fails at random and goes down now and then;
 the pool's retry timer is short, so allocator retries for waiters happen
 too. Each task does a few rounds of alloc (some with a timeout, some with a
@@ -18,6 +18,10 @@ beside a free element is stranded). Checked at the end: every element is
 back (the reserve is full, the rest went to free_fn), ``outstanding`` and
 ``waiters`` are 0, and the counters agree with what the tasks saw.
 
+One worker body runs in two cancellation styles: asyncio's
+(``Task.cancel()``, deadlines by ``alloc(timeout=)``) and anyio's (a task
+group, ``CancelScope.cancel()``, half the deadlines by ``move_on_after``).
+
 The backing allocator draws from the seeded RNG in the order the loop calls
 it, so a seed fixes the run up to timer jitter; the number of tasks is
 fixed, and ``asyncio.wait_for`` bounds each run.
@@ -26,11 +30,15 @@ fixed, and ``asyncio.wait_for`` bounds each run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import anyio
 import pytest
+from helpers import Backing, Elem
 
 from aiomempool import (
     GFP,
@@ -50,30 +58,16 @@ BOUND_S = 20.0
 POOL_DATA = object()
 
 
-class Elem:
-    __slots__ = ("serial",)
-
-    def __init__(self, serial: int) -> None:
-        self.serial = serial
-
-    def __repr__(self) -> str:
-        return f"E{self.serial}"
-
-
-class Backing:
+class Weather(Backing):
     """A backing allocator with ``headroom`` elements beyond the reserve
-    (more for ``GFP.HIGH``), that fails at random and goes down on demand."""
+    (two more for ``GFP.HIGH``), that fails at random, now returning None,
+    now raising MemoryError, and goes down on demand."""
 
     def __init__(self, rng: random.Random, min_nr: int, headroom: int) -> None:
+        super().__init__(supply=min_nr + headroom, headroom=2, pool_data=POOL_DATA)
         self.rng = rng
         self.min_nr = min_nr
-        self.limit = min_nr + headroom
-        self.up = True
         self.flaky = False  # fails at random too
-        self.made: list[Elem] = []
-        self.disposed: set[int] = set()
-        self.failures = 0
-        self.errors: list[str] = []
 
     def weather(self) -> None:
         """Now and then the allocator goes down or up, or its headroom
@@ -83,36 +77,14 @@ class Backing:
         if self.rng.random() < 0.02:
             self.limit = self.min_nr + self.rng.randint(0, 12)
 
-    @property
-    def live(self) -> int:
-        return len(self.made) - len(self.disposed)
+    def room(self, gfp_mask: GFP) -> int | None:
+        if self.flaky and self.rng.random() < 0.05:
+            return 0
+        return super().room(gfp_mask)
 
-    def alloc(self, gfp: GFP, pool_data: Any) -> Elem | None:
-        if pool_data is not POOL_DATA:
-            self.errors.append(f"alloc_fn got pool_data={pool_data!r}")
-        limit = self.limit + (2 if gfp & GFP.HIGH else 0)
-        if (
-            not self.up
-            or self.live >= limit
-            or (self.flaky and self.rng.random() < 0.05)
-        ):
-            self.failures += 1
-            if self.rng.random() < 0.5:
-                raise MemoryError("backing allocator failed")
-            return None
-        element = Elem(len(self.made))
-        self.made.append(element)
-        return element
-
-    def free(self, element: Elem, pool_data: Any) -> None:
-        if pool_data is not POOL_DATA:
-            self.errors.append(f"free_fn got pool_data={pool_data!r}")
-        if not isinstance(element, Elem) or self.made[element.serial] is not element:
-            self.errors.append(f"free_fn got {element!r}, which alloc_fn never made")
-        elif element.serial in self.disposed:
-            self.errors.append(f"free_fn got {element!r} twice")
-        else:
-            self.disposed.add(element.serial)
+    def alloc(self, gfp_mask: GFP, pool_data: Any) -> Elem | None:
+        self.raises = self.rng.random() < 0.5
+        return super().alloc(gfp_mask, pool_data)
 
 
 class Ledger:
@@ -134,13 +106,13 @@ class Ledger:
         if not isinstance(element, Elem):
             self.errors.append(f"alloc() returned {element!r}")
             return
-        if element.serial in self.in_use:
+        if element.n in self.in_use:
             self.errors.append(f"{element} handed out while in use")
-        self.in_use.add(element.serial)
+        self.in_use.add(element.n)
         self.allocs += 1
 
     def gives_back(self, element: Elem) -> None:
-        self.in_use.discard(element.serial)
+        self.in_use.discard(element.n)
         self.frees += 1
 
 
@@ -175,16 +147,10 @@ class Monitor:
             await asyncio.sleep(0)
 
 
-def make_pool(rng: random.Random) -> tuple[Mempool[Elem], Backing]:
+def make_pool(rng: random.Random) -> tuple[Mempool[Elem], Weather]:
     min_nr = rng.randint(8, 32)
-    backing = Backing(rng, min_nr, headroom=rng.randint(0, 8))
-    pool = Mempool(
-        min_nr,
-        backing.alloc,
-        backing.free,
-        POOL_DATA,
-        retry_interval=rng.choice([0.001, 0.005, 0.05]),
-    )
+    backing = Weather(rng, min_nr, headroom=rng.randint(0, 8))
+    pool = backing.pool(min_nr, retry_interval=rng.choice([0.001, 0.005, 0.05]))
     backing.flaky = True
     return pool, backing
 
@@ -204,7 +170,7 @@ def make_plan(rng: random.Random) -> list[tuple[GFP, float | None, float | None]
 
 
 def check_end(
-    pool: Mempool[Elem], backing: Backing, ledger: Ledger, monitor: Monitor
+    pool: Mempool[Elem], backing: Weather, ledger: Ledger, monitor: Monitor
 ) -> None:
     errors = backing.errors + ledger.errors + monitor.violations
     assert not errors, "\n".join(errors[:10])
@@ -225,40 +191,102 @@ def check_end(
     assert backing.live == 0 and not backing.errors
 
 
+class GaveUp(Exception):
+    """An anyio deadline (``move_on_after``) passed in alloc()."""
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> Any: ...
+
+
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
+
+
+@contextmanager
+def cancel_handle(style: str) -> Iterator[Cancellable]:
+    """What another task cancels the running worker by: its task, or an
+    anyio cancel scope around its body."""
+    if style == "asyncio":
+        task = asyncio.current_task()
+        assert task is not None
+        yield task
+    else:
+        with anyio.CancelScope() as scope:
+            yield scope
+
+
+async def run_workers(
+    style: str, start_all: Callable[[Spawn], Awaitable[None]]
+) -> None:
+    """``start_all(spawn)`` starts every worker with ``spawn``; returns once
+    all have ended. asyncio: tasks of their own, an error of one raised
+    here; anyio: a task group on the running loop."""
+    if style == "anyio":
+        async with anyio.create_task_group() as tg:
+            await start_all(tg.start_soon)
+        return
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await start_all(lambda worker: tasks.append(asyncio.ensure_future(worker())))
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-async def test_stress_asyncio_tasks(seed: int) -> None:
+@pytest.mark.parametrize("style", ["asyncio", "anyio"])
+async def test_thousands_of_tasks_cancelled_at_random_lose_no_element(
+    style: str, seed: int
+) -> None:
     rng = random.Random(seed)
     pool, backing = make_pool(rng)
     ledger = Ledger()
     monitor = Monitor(pool)
-    tasks: list[asyncio.Task[None]] = []
+    handles: list[Cancellable] = []
+    cancelled = 0
+
+    async def alloc(mask: GFP, timeout: float | None) -> Elem | None:
+        if style == "anyio" and timeout is not None and rng.random() < 0.5:
+            with anyio.move_on_after(timeout):
+                return await pool.alloc(mask)
+            raise GaveUp
+        return await pool.alloc(mask, timeout=timeout)
 
     async def worker(plan: list[tuple[GFP, float | None, float | None]]) -> None:
-        me = asyncio.current_task()
-        for mask, timeout, hold in plan:
-            ledger.in_alloc[me] = None
-            try:
-                element = await pool.alloc(mask, timeout=timeout)
-            except AllocTimeoutError:
-                ledger.timeouts += 1
-                continue
-            finally:
-                del ledger.in_alloc[me]
-            if element is None:
-                ledger.nones += 1
-                continue
-            ledger.took(element)
-            try:
-                if hold is not None:
-                    await asyncio.sleep(hold)
-            finally:
-                ledger.gives_back(element)
-                pool.free(element)
-                if ledger.in_alloc and rng.random() < 0.05:
-                    # The longest waiter, most likely just handed this
-                    # element and not yet run.
-                    next(iter(ledger.in_alloc)).cancel()  # type: ignore[attr-defined]
-                    ledger.hard_cancels += 1
+        with cancel_handle(style) as me:
+            handles.append(me)
+            for mask, timeout, hold in plan:
+                ledger.in_alloc[me] = None
+                try:
+                    element = await alloc(mask, timeout)
+                except AllocTimeoutError:
+                    ledger.timeouts += 1
+                    continue
+                except GaveUp:
+                    ledger.gave_up += 1
+                    continue
+                finally:
+                    ledger.in_alloc.pop(me, None)
+                if element is None:
+                    ledger.nones += 1
+                    continue
+                ledger.took(element)
+                try:
+                    if hold is not None:
+                        await asyncio.sleep(hold)
+                finally:
+                    ledger.gives_back(element)
+                    pool.free(element)
+                    if ledger.in_alloc and rng.random() < 0.05:
+                        # The longest waiter, most likely just handed this
+                        # element and not yet run.
+                        next(iter(ledger.in_alloc)).cancel()
+                        ledger.hard_cancels += 1
 
     def release(element: Elem) -> None:
         ledger.gives_back(element)
@@ -273,100 +301,29 @@ async def test_stress_asyncio_tasks(seed: int) -> None:
         ledger.took(element)
         loop.call_soon(release, element)
 
-    async def driver() -> None:
+    async def start_all(spawn: Spawn) -> None:
+        nonlocal cancelled
         for i in range(TASKS):
-            tasks.append(asyncio.ensure_future(worker(make_plan(rng))))
-            if rng.random() < 0.02:
-                rng.choice(tasks).cancel()
+            spawn(functools.partial(worker, make_plan(rng)))
+            if handles and rng.random() < 0.02:
+                rng.choice(handles).cancel()
+                cancelled += 1
             if rng.random() < 0.05:
                 loop.call_soon(nowait)
             backing.weather()
             if i % rng.randint(1, 40) == 0:
                 await asyncio.sleep(rng.choice([0, 0, 0, 0.0005]))
         backing.up = True
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def run() -> None:
+        await run_workers(style, start_all)
         for _ in range(3):  # the last callbacks
             await asyncio.sleep(0)
 
     loop = asyncio.get_running_loop()
     watcher = asyncio.ensure_future(monitor.run())
     try:
-        await asyncio.wait_for(driver(), BOUND_S)
-    finally:
-        monitor.stop = True
-        await watcher
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
-    assert sum(t.cancelled() for t in tasks) > 0
-    assert ledger.hard_cancels > 0
-    check_end(pool, backing, ledger, monitor)
-
-
-@pytest.mark.parametrize("seed", SEEDS)
-async def test_stress_anyio_cancel_scopes(seed: int) -> None:
-    """The same under anyio: a task group on the running loop, deadlines by
-    ``move_on_after``, cancellation by ``CancelScope.cancel()``."""
-    rng = random.Random(seed)
-    pool, backing = make_pool(rng)
-    ledger = Ledger()
-    monitor = Monitor(pool)
-    scopes: list[anyio.CancelScope] = []
-    cancelled = 0
-
-    async def worker(plan: list[tuple[GFP, float | None, float | None]]) -> None:
-        with anyio.CancelScope() as scope:
-            scopes.append(scope)
-            for mask, timeout, hold in plan:
-                ledger.in_alloc[scope] = None
-                element = None
-                try:
-                    if timeout is not None and rng.random() < 0.5:
-                        with anyio.move_on_after(timeout) as deadline:
-                            element = await pool.alloc(mask)
-                        if deadline.cancelled_caught:
-                            ledger.gave_up += 1
-                            continue
-                    else:
-                        element = await pool.alloc(mask, timeout=timeout)
-                except AllocTimeoutError:
-                    ledger.timeouts += 1
-                    continue
-                finally:
-                    ledger.in_alloc.pop(scope, None)
-                if element is None:
-                    ledger.nones += 1
-                    continue
-                ledger.took(element)
-                try:
-                    if hold is not None:
-                        await anyio.sleep(hold)
-                finally:
-                    ledger.gives_back(element)
-                    pool.free(element)
-                    if ledger.in_alloc and rng.random() < 0.05:
-                        next(iter(ledger.in_alloc)).cancel()
-                        ledger.hard_cancels += 1
-
-    async def run_all() -> None:
-        nonlocal cancelled
-        async with anyio.create_task_group() as tg:
-            for i in range(TASKS):
-                tg.start_soon(worker, make_plan(rng))
-                if scopes and rng.random() < 0.02:
-                    rng.choice(scopes).cancel()
-                    cancelled += 1
-                backing.weather()
-                if i % rng.randint(1, 40) == 0:
-                    await anyio.sleep(rng.choice([0, 0, 0, 0.0005]))
-            backing.up = True
-
-    watcher = asyncio.ensure_future(monitor.run())
-    try:
-        await asyncio.wait_for(run_all(), BOUND_S)
+        await asyncio.wait_for(run(), BOUND_S)
     finally:
         monitor.stop = True
         await watcher

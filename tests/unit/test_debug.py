@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 import pytest
-from helpers import Backing, Elem, settle
+from helpers import Backing, Elem, address, settle
 
 import aiomempool
 from aiomempool import (
@@ -43,11 +43,6 @@ NOWARN = GFP.NOWARN  # an expected failure logs nothing
 def no_debug_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests that want debug mode ask for it.
     monkeypatch.delenv("AIOMEMPOOL_DEBUG", raising=False)
-
-
-def address(buf: Any) -> int:
-    """Where a writable buffer's first byte lives (no export kept)."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
 def one_buffer_pool(**options: Any) -> Mempool[memoryview]:

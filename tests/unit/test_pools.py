@@ -4,11 +4,11 @@ bounds, zero_on_free, and the double frees and foreign elements they refuse."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import mmap
 from typing import Any
 
 import pytest
+from helpers import address
 
 from aiomempool import (
     GFP,
@@ -23,11 +23,6 @@ from aiomempool import (
     page_pool,
     slab_pool,
 )
-
-
-def address(view: memoryview) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(view))
-
 
 # -- what they hand out -----------------------------------------------------
 

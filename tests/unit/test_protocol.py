@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import pytest
-from helpers import settle
+from helpers import TIMEOUT, close, settle, shut_down
 
 from aiomempool import (
     GFP_ATOMIC,
@@ -23,8 +23,6 @@ from aiomempool import (
     buffer_pool,
     slab_pool,
 )
-
-TIMEOUT = 5.0
 
 
 class Recorder(PooledBufferedProtocol):
@@ -103,19 +101,7 @@ async def serve(
     try:
         yield server.sockets[0].getsockname()[1], made
     finally:
-        server.close()
-        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
-        for protocol in made:
-            if not protocol.lost.done():
-                protocol.transport.abort()
-        await asyncio.wait_for(
-            asyncio.gather(*(protocol.lost for protocol in made)), TIMEOUT
-        )
-
-
-async def close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+        await shut_down(server, made)
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -3,13 +3,13 @@ frees, shrink, close, page alignment, arguments, stats and repr."""
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import mmap
 import random
 from typing import Any
 
 import pytest
+from helpers import address
 
 from aiomempool import (
     GFP,
@@ -25,11 +25,6 @@ from aiomempool.slab import SlabCache
 from aiomempool.stats import SlabStats
 
 MiB = 1 << 20
-
-
-def address(buf: Any) -> int:
-    """Where the first byte of a writable buffer lives."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
 def take(cache: SlabCache, n: int, gfp_mask: GFP = GFP_KERNEL) -> list[memoryview]:

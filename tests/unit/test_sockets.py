@@ -6,45 +6,16 @@ import asyncio
 import random
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 import pytest
 import uvloop
-from helpers import settle
+from helpers import TIMEOUT, settle, tcp_pair
 
 from aiomempool import Mempool, PooledWriter, buffer_pool, recv_into
 
-TIMEOUT = 5.0
 SIZE = 16384  # bytes per buffer in the write tests
 COUNT = 48  # buffers written per connection in the write tests
-
-
-@asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[socket.socket, socket.socket]]:
-    """Two connected non-blocking sockets on 127.0.0.1; closed on exit."""
-    loop = asyncio.get_running_loop()
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        listener.setblocking(False)
-        client = socket.socket()
-        client.setblocking(False)
-        try:
-            accepted = asyncio.ensure_future(loop.sock_accept(listener))
-            await asyncio.wait_for(
-                loop.sock_connect(client, listener.getsockname()), TIMEOUT
-            )
-            server, _ = await asyncio.wait_for(accepted, TIMEOUT)
-        except BaseException:
-            client.close()
-            raise
-    server.setblocking(False)
-    try:
-        yield server, client
-    finally:
-        server.close()
-        client.close()
 
 
 async def read_exactly(sock: socket.socket, n: int) -> bytes:

@@ -12,12 +12,10 @@ from typing import Any
 import anyio
 import pytest
 import uvloop
-from helpers import Backing, Elem, settle
+from helpers import TIMEOUT, Backing, Elem, settle
 
 from aiomempool import GFP, GFP_ATOMIC, WAIT_BUCKETS, AllocTimeoutError, Mempool
 from aiomempool._waitqueue import COMPACT_SLACK
-
-TIMEOUT = 5.0
 
 
 def drained(
