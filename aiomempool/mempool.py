@@ -608,6 +608,13 @@ class Mempool(Generic[T]):
             self._frees += 1
             return
         if self._debug is not None:
+            loop = self._loop
+            if loop is not None and loop.is_running() and running_loop() is not loop:
+                raise RuntimeError(
+                    f"{self!r}: free() called outside the pool's event loop "
+                    "(from another thread?): call free_threadsafe() there, "
+                    "which frees on the loop's thread"
+                )
             reclaimed = self._debug.reclaim(element)
             if reclaimed is None:
                 self._frees += 1

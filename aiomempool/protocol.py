@@ -48,8 +48,15 @@ from typing import cast
 
 from .gfp import ATOMIC_NOWARN
 from .mempool import Mempool
+from .pools import SlabPool, TrackedPool
 
 __all__ = ["PooledBufferedProtocol"]
+
+_NOT_VIEWS = (
+    "{pool!r} hands out {kind}: PooledBufferedProtocol needs a pool of "
+    "writable memoryviews, such as buffer_pool()'s (asyncio's TLS transport "
+    "loses data read into a bytearray)"
+)
 
 #: Bytes of the per-protocol fallback buffer, read into when the pool is dry.
 FALLBACK_SIZE = 256
@@ -94,14 +101,21 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     ``take_buffer()`` (the buffer is yours, to free or hand on: to a
     ``PooledWriter``, or to a worker).
 
-    Example::
-
+    Example:
+        ```python
         class Echo(PooledBufferedProtocol):
             def view_received(self, view: memoryview) -> None:
                 self.transport.write(bytes(view))
 
         pool = buffer_pool(65536, min_nr=16, max_nr=1024)
         server = await loop.create_server(lambda: Echo(pool), "127.0.0.1", 0)
+        ```
+
+    Raises:
+        TypeError: ``pool`` is not a Mempool, or is one of bytearrays
+            (``kmalloc_pool()``); ``get_buffer()`` raises it too (and the
+            transport closes the connection) if a pool on callbacks of
+            yours hands out anything but memoryviews.
     """
 
     #: Set by ``connection_made()``.
@@ -127,6 +141,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     def __init__(self, pool: Mempool[memoryview]) -> None:
         if not isinstance(pool, Mempool):
             raise TypeError(f"pool must be a Mempool, not {type(pool).__name__}")
+        if isinstance(pool, TrackedPool) and not isinstance(pool, SlabPool):
+            raise TypeError(_NOT_VIEWS.format(pool=pool, kind="bytearrays"))
         self.pool = pool
         self._buf: memoryview | None = None  # the buffer reads go into
         self._fill = 0  # kept bytes at the start of _buf
@@ -304,6 +320,9 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             if self._fallback is None:
                 self._fallback = memoryview(bytearray(FALLBACK_SIZE))
             return self._fallback
+        if type(buf) is not memoryview:  # a pool on callbacks of the user's
+            self.pool.free(buf)
+            raise TypeError(_NOT_VIEWS.format(pool=self.pool, kind=type(buf).__name__))
         self._buf = buf
         # uvloop (libuv reads until EAGAIN, asking for a buffer before each
         # try), the selector transport at EOF or on an error, and the TLS
