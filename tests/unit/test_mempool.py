@@ -17,7 +17,6 @@ from aiomempool import (
     GFP_KERNEL,
     GFP_NOWAIT,
     Mempool,
-    MempoolError,
     PoolClosedError,
     PoolExhaustedError,
 )
@@ -105,14 +104,6 @@ def test_constructor_checks_the_callbacks_and_options() -> None:
         Mempool(1, lambda g, d: object(), lambda e, d: None, name=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="retry_interval must be > 0"):
         Mempool(1, lambda g, d: object(), lambda e, d: None, retry_interval=0)
-
-
-def test_errors_share_one_base() -> None:
-    assert issubclass(PoolClosedError, MempoolError)
-    assert issubclass(PoolExhaustedError, MempoolError)
-    assert issubclass(PoolExhaustedError, MemoryError)
-    assert issubclass(aiomempool.AllocTimeoutError, TimeoutError)
-    assert issubclass(aiomempool.AllocTimeoutError, asyncio.TimeoutError)
 
 
 # -- the kernel's order ---------------------------------------------------

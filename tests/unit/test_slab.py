@@ -17,7 +17,6 @@ from aiomempool import (
     GFP_KERNEL,
     GFP_NOWAIT,
     Mempool,
-    MempoolError,
     PoolClosedError,
 )
 from aiomempool.errors import DoubleFreeError, ForeignElementError
@@ -232,11 +231,6 @@ def test_a_slab_that_cannot_be_made_gives_none() -> None:
 
 
 # -- refused frees --------------------------------------------------------
-
-
-def test_errors_are_mempool_errors_and_value_errors() -> None:
-    for error in (DoubleFreeError, ForeignElementError):
-        assert issubclass(error, MempoolError) and issubclass(error, ValueError)
 
 
 def test_a_double_free_is_refused_naming_cache_element_and_slot() -> None:
