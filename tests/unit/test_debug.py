@@ -58,8 +58,7 @@ def messages(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 # -- poisoning ------------------------------------------------------------
 
 
-@pytest.mark.asyncio
-async def test_reserved_elements_hold_the_poison_pattern() -> None:
+def test_reserved_elements_hold_the_poison_pattern() -> None:
     made: list[bytearray] = []
 
     def alloc_fn(gfp_mask: GFP, pool_data: Any) -> bytearray:
@@ -80,8 +79,7 @@ async def test_reserved_elements_hold_the_poison_pattern() -> None:
     assert all(bytes(element) == FREE for element in reserved)
 
 
-@pytest.mark.asyncio
-async def test_free_buffers_of_a_debug_cache_hold_the_poison_pattern() -> None:
+def test_free_buffers_of_a_debug_cache_hold_the_poison_pattern() -> None:
     cache = SlabCache(SIZE, objects_per_slab=4, debug=True)
     raw = [cache.alloc() for _ in range(2)]  # the cache lends its slots as is
     for view in raw:
@@ -90,8 +88,7 @@ async def test_free_buffers_of_a_debug_cache_hold_the_poison_pattern() -> None:
     assert all(v is not None and bytes(v) == FREE for v in raw)
 
 
-@pytest.mark.asyncio
-async def test_a_debug_cache_catches_a_write_after_free_and_keeps_the_slot() -> None:
+def test_a_debug_cache_catches_a_write_after_free_and_keeps_the_slot() -> None:
     cache = SlabCache(SIZE, objects_per_slab=2, name="c", debug=True)
     view = cache.alloc()
     assert view is not None
@@ -103,16 +100,14 @@ async def test_a_debug_cache_catches_a_write_after_free_and_keeps_the_slot() -> 
     assert cache.alloc() is view and bytes(view) == INUSE
 
 
-@pytest.mark.asyncio
-async def test_a_pool_on_a_debug_cache_is_in_debug_mode() -> None:
+def test_a_pool_on_a_debug_cache_is_in_debug_mode() -> None:
     cache = SlabCache(SIZE, debug=True)
     assert "debug" in repr(slab_pool(1, cache))
     assert "debug" not in repr(slab_pool(1, cache, debug=False))
     assert "debug" not in repr(slab_pool(1, SlabCache(SIZE)))
 
 
-@pytest.mark.asyncio
-async def test_buffers_are_handed_out_filled_with_poison_inuse_not_zeros() -> None:
+def test_buffers_are_handed_out_filled_with_poison_inuse_not_zeros() -> None:
     pool = buffer_pool(SIZE, min_nr=1, max_nr=2, headroom=0, debug=True)
     from_cache = pool.alloc_nowait()
     from_reserve = pool.alloc_nowait()
@@ -121,10 +116,7 @@ async def test_buffers_are_handed_out_filled_with_poison_inuse_not_zeros() -> No
     assert pool.stats().reserve_hits == 1
 
 
-@pytest.mark.asyncio
-async def test_a_write_after_free_to_the_cache_is_caught_on_the_next_allocation() -> (
-    None
-):
+def test_a_write_after_free_to_the_cache_is_caught_on_the_next_allocation() -> None:
     pool = buffer_pool(SIZE, min_nr=1, max_nr=2, headroom=0, debug=True, name="rx")
     buf = pool.alloc_nowait()  # slab 0, slot 1: slot 0 is in the reserve
     assert buf is not None
@@ -162,10 +154,7 @@ async def test_a_write_after_free_to_the_reserve_is_caught_on_the_next_allocatio
     assert await pool.alloc(timeout=0) is not None
 
 
-@pytest.mark.asyncio
-async def test_a_bytearray_element_is_named_by_type_size_and_address_not_bytes() -> (
-    None
-):
+def test_a_bytearray_element_is_named_by_type_size_and_address_not_bytes() -> None:
     elements: list[bytearray] = []
 
     def alloc_fn(gfp_mask: GFP, pool_data: Any) -> bytearray | None:
@@ -190,8 +179,7 @@ async def test_a_bytearray_element_is_named_by_type_size_and_address_not_bytes()
     ), str(info.value)
 
 
-@pytest.mark.asyncio
-async def test_elements_that_are_not_bytes_are_left_alone() -> None:
+def test_elements_that_are_not_bytes_are_left_alone() -> None:
     backing = Backing()
     pool = backing.pool(2, debug=True)
     backing.up = False
@@ -201,8 +189,7 @@ async def test_elements_that_are_not_bytes_are_left_alone() -> None:
     assert pool.alloc_nowait() is element
 
 
-@pytest.mark.asyncio
-async def test_corruption_found_while_closing_is_logged_not_raised(
+def test_corruption_found_while_closing_is_logged_not_raised(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pool = buffer_pool(SIZE, min_nr=2, max_nr=2, headroom=0, debug=True, name="rx")
@@ -220,9 +207,8 @@ async def test_corruption_found_while_closing_is_logged_not_raised(
 # -- AIOMEMPOOL_DEBUG -----------------------------------------------------
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("value", ["1", "true", "yes", "YES"])
-async def test_the_environment_variable_turns_debug_mode_on(
+def test_the_environment_variable_turns_debug_mode_on(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv("AIOMEMPOOL_DEBUG", value)
@@ -237,8 +223,7 @@ async def test_the_environment_variable_turns_debug_mode_on(
     assert cached is not None and bytes(cached) == INUSE
 
 
-@pytest.mark.asyncio
-async def test_the_environment_is_read_when_the_pool_is_built(
+def test_the_environment_is_read_when_the_pool_is_built(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AIOMEMPOOL_DEBUG", "0")
@@ -262,9 +247,8 @@ def free_here(pool: Mempool[Any], element: Any) -> None:
     pool.free(element)
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("kind", ["buffer", "page", "kmalloc", "plain"])
-async def test_a_double_free_names_where_it_was_first_freed_and_allocated(
+def test_a_double_free_names_where_it_was_first_freed_and_allocated(
     kind: str,
 ) -> None:
     if kind == "buffer":
@@ -287,8 +271,7 @@ async def test_a_double_free_names_where_it_was_first_freed_and_allocated(
     assert pool.stats().frees == frees  # a refused free counts nothing
 
 
-@pytest.mark.asyncio
-async def test_a_double_free_of_a_reserved_element_is_caught() -> None:
+def test_a_double_free_of_a_reserved_element_is_caught() -> None:
     pool = buffer_pool(SIZE, min_nr=1, max_nr=1, headroom=0, debug=True)
     buf = pool.alloc_nowait()
     pool.free(buf)
@@ -297,8 +280,7 @@ async def test_a_double_free_of_a_reserved_element_is_caught() -> None:
     assert pool.curr_nr == 1 and pool.stats().outstanding == 0
 
 
-@pytest.mark.asyncio
-async def test_double_frees_are_refused_outside_debug_mode_too() -> None:
+def test_double_frees_are_refused_outside_debug_mode_too() -> None:
     pool = buffer_pool(SIZE, min_nr=1)
     buf = pool.alloc_nowait()
     pool.free(buf)
@@ -306,9 +288,8 @@ async def test_double_frees_are_refused_outside_debug_mode_too() -> None:
         pool.free(buf)
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("debug", [True, False])
-async def test_foreign_elements_are_refused(debug: bool) -> None:
+def test_foreign_elements_are_refused(debug: bool) -> None:
     pool = buffer_pool(SIZE, min_nr=1, debug=debug)
     buf = pool.alloc_nowait()
     assert buf is not None
@@ -339,8 +320,7 @@ async def test_outstanding_lists_each_element_out_with_its_allocation_site() -> 
     assert [o.element for o in pool.outstanding()] == [second]
 
 
-@pytest.mark.asyncio
-async def test_outstanding_needs_debug_mode() -> None:
+def test_outstanding_needs_debug_mode() -> None:
     with pytest.raises(RuntimeError, match="debug=True"):
         Backing().pool(1).outstanding()
 
@@ -364,8 +344,7 @@ async def test_closing_with_elements_out_logs_one_report(
     assert pool.stats().outstanding == 0
 
 
-@pytest.mark.asyncio
-async def test_closing_with_nothing_out_logs_nothing(
+def test_closing_with_nothing_out_logs_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pool = buffer_pool(SIZE, min_nr=1, debug=True)
@@ -378,8 +357,7 @@ async def test_closing_with_nothing_out_logs_nothing(
 # -- use-after-free blocking ------------------------------------------------
 
 
-@pytest.mark.asyncio
-async def test_a_freed_buffer_can_no_longer_be_touched() -> None:
+def test_a_freed_buffer_can_no_longer_be_touched() -> None:
     pool = one_buffer_pool()
     buf = pool.alloc_nowait()
     assert buf is not None
@@ -482,9 +460,8 @@ def test_without_a_running_loop_an_exported_buffer_is_reported_at_once(
 # -- zero_on_free, waiting ----------------------------------------------------
 
 
-@pytest.mark.asyncio
 @pytest.mark.parametrize("options", [{"debug": True}, {"leak_sampling": 1}])
-async def test_zero_on_free_still_hands_out_zeros(options: dict[str, Any]) -> None:
+def test_zero_on_free_still_hands_out_zeros(options: dict[str, Any]) -> None:
     pool = buffer_pool(
         SIZE, min_nr=1, max_nr=2, headroom=0, zero_on_free=True, **options
     )

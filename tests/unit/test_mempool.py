@@ -3,8 +3,13 @@ resize, close, element(), stats, errors of the callbacks."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import importlib
+import inspect
+import itertools
 import logging
+import pkgutil
 from typing import Any
 
 import pytest
@@ -525,9 +530,53 @@ def test_named_pools_are_listed_while_they_live() -> None:
     assert "rx-test" not in [p.name for p in aiomempool.named_pools()]
 
 
-def test_public_api_is_what_all_lists() -> None:
+def attribute_docstrings() -> set[str]:
+    """The module-level names of the package given a docstring (a string
+    right after their assignment, which the API reference shows)."""
+    names: set[str] = set()
+    for info in pkgutil.iter_modules(aiomempool.__path__):
+        module = importlib.import_module(f"aiomempool.{info.name}")
+        body = ast.parse(inspect.getsource(module)).body
+        for statement, after in itertools.pairwise(body):
+            if not (
+                isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                continue
+            if isinstance(statement, ast.Assign):
+                targets = statement.targets
+            elif isinstance(statement, ast.AnnAssign):
+                targets = [statement.target]
+            else:
+                continue
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_every_name_all_lists_is_importable_and_documented() -> None:
+    documented = attribute_docstrings()
+    assert len(set(aiomempool.__all__)) == len(aiomempool.__all__)
     for name in aiomempool.__all__:
-        assert hasattr(aiomempool, name)
-    assert {"Mempool", "GFP", "GFP_KERNEL", "GFP_NOWAIT", "GFP_ATOMIC"} <= set(
-        aiomempool.__all__
-    )
+        value = getattr(aiomempool, name)  # from aiomempool import name
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__doc__ and value.__doc__.strip(), f"{name}: no docstring"
+        else:
+            assert name in documented, f"{name}: no docstring after its assignment"
+
+
+def test_every_public_name_the_package_exports_is_in_all() -> None:
+    exported = {
+        name
+        for name, value in vars(aiomempool).items()
+        if not name.startswith("_") and not inspect.ismodule(value)
+    }
+    assert exported == set(aiomempool.__all__)
+    assert {"Mempool", "GFP", "GFP_KERNEL", "GFP_NOWAIT", "GFP_ATOMIC"} <= exported
+
+
+def test_the_kernels_pool_constructors_are_functions_of_the_package() -> None:
+    for name in ("slab_pool", "kmalloc_pool", "page_pool", "buffer_pool"):
+        assert name in aiomempool.__all__
+        assert inspect.isfunction(getattr(aiomempool, name))
+        assert not hasattr(Mempool, name), f"Mempool.{name} is still there"

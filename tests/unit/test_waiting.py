@@ -395,21 +395,21 @@ async def test_retries_serve_waiters_in_order_until_the_allocator_fails() -> Non
     assert pool.stats().reserve_hits == 2  # held twice; the rest were fresh
 
 
-def test_the_reserve_is_never_full_while_a_task_waits() -> None:
+@pytest.mark.asyncio
+async def test_the_reserve_is_never_full_while_a_task_waits() -> None:
     # Why free() never needs to leave a waiter behind: tasks park only on an
     # empty reserve, and every free below min_nr goes to the first of them.
-    async def main() -> None:
-        _, pool, held = drained(3)
-        tasks = await park(pool, 5)
-        for element in held:
-            pool.free(element)
-            assert pool.curr_nr == 0
-        assert pool.waiters == 2
-        for task in tasks[2:]:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run(main())
+    _, pool, held = drained(3)
+    tasks = await park(pool, 5)
+    for element in held:
+        pool.free(element)
+        assert pool.curr_nr == 0
+    assert pool.waiters == 2
+    for task in tasks[3:]:
+        task.cancel()
+    got = await asyncio.gather(*tasks, return_exceptions=True)
+    assert got[:3] == held  # in the order they parked
+    assert pool.curr_nr == 0 and pool.waiters == 0
 
 
 @pytest.mark.asyncio
