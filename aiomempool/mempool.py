@@ -73,6 +73,8 @@ Kernel = Literal[GFP.DIRECT_RECLAIM]
 
 # Every live pool that was given a name, for metrics exporters.
 _named: weakref.WeakSet[Mempool[Any]] = weakref.WeakSet()
+# Called with every pool built, while aiomempool.testing watches (else None).
+_created: Callable[[Mempool[Any]], None] | None = None
 
 
 def named_pools() -> list[Mempool[Any]]:
@@ -143,6 +145,7 @@ class Mempool(Generic[T]):
         "_closed",
         "_debug",
         "_elements",
+        "_faults",
         "_free_fn",
         "_frees",
         "_gate",
@@ -209,6 +212,10 @@ class Mempool(Generic[T]):
         self._max_wait_s = 0.0
         self._wait_counts = [0] * len(WAIT_BUCKETS)
         self._wait_sum_s = 0.0
+        # alloc_fn as given, while aiomempool.testing.fail_alloc() makes it
+        # fail (then _alloc_fn is its failing wrapper, and the gate stays
+        # up so that every allocation goes through it).
+        self._faults: Callable[[GFP, Any], T | None] | None = None
         self._elements: list[T] = []
         # Before the reserve is made: debug mode poisons what enters it.
         self._debug: PoolDebug[T] | None = self._make_debug() if debug else None
@@ -216,6 +223,8 @@ class Mempool(Generic[T]):
             self._add_element(element)
         if name is not None:
             _named.add(self)  # for metrics exporters
+        if _created is not None:
+            _created(self)  # aiomempool.testing's leak check
 
     def _make_debug(self, *, strict: bool = False, zero: bool = False) -> PoolDebug[T]:
         """The debug service, given what it needs of this pool; pools of
@@ -243,8 +252,10 @@ class Mempool(Generic[T]):
 
     @property
     def waiters(self) -> int:
-        """Tasks waiting in ``alloc()`` now, not yet handed anything (none
-        of a closed loop: its tasks never run again)."""
+        """Tasks waiting in ``alloc()`` now, not yet handed anything.
+
+        Tasks of a closed loop are not counted: they never run again.
+        """
         return len(self._line)
 
     @property
@@ -277,8 +288,9 @@ class Mempool(Generic[T]):
         )
 
     def outstanding(self) -> list[Outstanding[T]]:
-        """Every element out with a caller now, with where it was allocated
-        and how long ago, oldest first (debug mode).
+        """Every element out with a caller now, oldest first (debug mode).
+
+        Each entry tells where the element was allocated and how long ago.
 
         Raises:
             RuntimeError: the pool is not in debug mode, where allocation
@@ -589,10 +601,12 @@ class Mempool(Generic[T]):
         allocator is retried for the first waiter. After ``close()`` every
         element goes to ``free_fn``.
 
-        Raises whatever ``free_fn`` raises, after the pool's own accounting;
-        but an ``InvalidFreeError`` (a double free, a foreign element, as the
-        pools of ``aiomempool.pools`` detect) is not a free: it changes
-        nothing, counters included.
+        Raises:
+            InvalidFreeError: a double free or a foreign element, as the pools
+                of ``aiomempool.pools`` detect them. It is not a free: it
+                changes nothing, counters included.
+            Exception: whatever ``free_fn`` raises, after the pool's own
+                accounting.
         """
         if element is None:
             return
@@ -658,13 +672,40 @@ class Mempool(Generic[T]):
     def _regate(self) -> None:
         """Lower ``_gate`` if the pool is in its steady state: open, nobody
         waits, the reserve full, no debug mode (whose hooks are on the slow
-        paths). Called wherever one of these may have become true."""
+        paths), no injected faults. Called wherever one of these may have
+        become true. Anyone may raise the gate; only this lowers it."""
         self._gate = (
             self._closed
             or self._line.nparked > 0
             or len(self._elements) < self._min_nr
             or self._debug is not None
+            or self._faults is not None
         )
+
+    def _inject_faults(self, fails: Callable[[GFP], bool] | None) -> None:
+        """For ``aiomempool.testing.fail_alloc()``: from now on ``alloc_fn``
+        is not called, and gives nothing, whenever ``fails(gfp_mask)`` says
+        so; ``None`` restores it. The gate stays up meanwhile, so that the
+        specialised fast paths (which skip alloc_fn) are not taken.
+
+        Raises:
+            RuntimeError: faults are injected already.
+        """
+        if fails is not None and self._faults is not None:
+            raise RuntimeError(f"{self!r}: fail_alloc() is active on it already")
+        if self._faults is not None:
+            self._alloc_fn = self._faults
+            self._faults = None
+        if fails is not None:
+            real = self._faults = self._alloc_fn
+
+            def alloc_fn(gfp_mask: GFP, pool_data: Any) -> T | None:
+                return None if fails(gfp_mask) else real(gfp_mask, pool_data)
+
+            self._alloc_fn = alloc_fn
+            self._gate = True
+        else:
+            self._regate()
 
     def free_threadsafe(
         self, element: T | None, *, loop: asyncio.AbstractEventLoop | None = None
@@ -749,7 +790,8 @@ class Mempool(Generic[T]):
         ``free_fn``, from the top. Synchronous; never awaits.
 
         Raises:
-            TypeError, ValueError: ``new_min_nr`` is not an int >= 1.
+            TypeError: ``new_min_nr`` is not an int.
+            ValueError: ``new_min_nr`` is below 1.
             MemoryError: ``alloc_fn`` failed; nothing changed.
             PoolClosedError: the pool is closed.
         """
@@ -779,7 +821,9 @@ class Mempool(Generic[T]):
         as does every later ``alloc()`` or ``alloc_nowait()``. Elements
         still out may be freed later: they go to ``free_fn``. Synchronous.
 
-        Raises the first exception of ``free_fn``, once all were freed.
+        Raises:
+            Exception: the first exception of ``free_fn``, once every element
+                was freed.
         """
         if self._closed:
             return
@@ -818,9 +862,22 @@ class Mempool(Generic[T]):
         entry raises ``PoolExhaustedError`` when there is nothing to hand
         out.
 
-        Raises on entry what ``alloc()`` raises, and ``PoolExhaustedError``
-        (a ``MemoryError``) when a non-waiting mask finds nothing; here,
-        what a bad ``gfp_mask`` or ``timeout`` raises in ``alloc()``.
+        Example:
+            ```python
+            async with pool.element(timeout=1.0) as buf:
+                buf[:5] = b"hello"
+            ```
+
+        Raises:
+            TypeError: ``gfp_mask`` or ``timeout`` is not of its type, as in
+                ``alloc()``; raised here, not on entry.
+            ValueError: ``gfp_mask`` or ``timeout`` is out of range, as in
+                ``alloc()``; raised here, not on entry.
+            PoolExhaustedError: on entry, a mask that may not wait found
+                nothing (a ``MemoryError``).
+            PoolClosedError: on entry, as ``alloc()`` raises it.
+            AllocTimeoutError: on entry, ``timeout`` seconds passed without
+                an element.
         """
         if gfp_mask is not GFP_KERNEL:
             decode_mask(gfp_mask)  # refuse a bad mask now, not on entry
@@ -830,8 +887,10 @@ class Mempool(Generic[T]):
 
 
 class ElementContext(Generic[T]):
-    """What ``Mempool.element()`` returns: an async context manager that
-    allocates on entry and frees on exit; entered once."""
+    """What ``Mempool.element()`` returns: an async context manager.
+
+    It allocates on entry and frees on exit; it may be entered once.
+    """
 
     __slots__ = ("_element", "_gfp_mask", "_pool", "_timeout")
 
