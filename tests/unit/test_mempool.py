@@ -111,6 +111,37 @@ def test_constructor_checks_the_callbacks_and_options() -> None:
         Mempool(1, lambda g, d: object(), lambda e, d: None, retry_interval=0)
 
 
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        ("x", TypeError, "retry_interval must be a number of seconds"),
+        (None, TypeError, "retry_interval"),
+        (True, TypeError, "retry_interval must be a number of seconds"),
+        (-1.0, ValueError, "retry_interval"),
+        (0, ValueError, "retry_interval must be > 0"),
+        (float("nan"), ValueError, "retry_interval"),
+    ],
+)
+def test_retry_interval_must_be_a_positive_number_of_seconds(
+    value: Any, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        Mempool(1, lambda g, d: object(), lambda e, d: None, retry_interval=value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the message shares timeout's rule: 'must be a number of seconds or "
+    "None' and 'must be >= 0 seconds', though None and 0 are refused",
+)
+@pytest.mark.parametrize("value", ["x", -1.0])
+def test_a_refused_retry_interval_is_told_the_rule_it_breaks(value: Any) -> None:
+    with pytest.raises((TypeError, ValueError)) as info:
+        Mempool(1, lambda g, d: object(), lambda e, d: None, retry_interval=value)
+    message = str(info.value)
+    assert "None" not in message and ">= 0" not in message, message
+
+
 # -- the kernel's order ---------------------------------------------------
 
 
@@ -438,9 +469,28 @@ async def test_element_raises_pool_exhausted_for_a_mask_that_may_not_wait() -> N
         async with pool.element(GFP_ATOMIC):
             pass
     assert isinstance(info.value, MemoryError)
+    assert "gfp_mask=GFP_ATOMIC" in str(info.value)
     pool.free(held)
     async with pool.element(GFP_NOWAIT) as element:
         assert element is held
+
+
+@pytest.mark.asyncio
+async def test_pool_exhausted_names_the_mask_as_the_kernel_spells_it() -> None:
+    backing = Backing()
+    pool = backing.pool(1, name="dry")
+    backing.up = False
+    held = pool.alloc_nowait()
+    with pytest.raises(PoolExhaustedError) as info:
+        async with pool.element(GFP_NOWAIT):
+            pass
+    message = str(info.value)
+    assert message.startswith("<Mempool 'dry' ")
+    assert "gfp_mask=GFP_NOWAIT" in message and "<GFP" not in message, message
+    with pytest.raises(PoolExhaustedError, match=r"gfp_mask=GFP\.HIGH\|GFP\.NOWARN"):
+        async with pool.element(GFP.HIGH | GFP.NOWARN):
+            pass
+    pool.free(held)
 
 
 # -- stats, repr and logs ---------------------------------------------------
@@ -468,6 +518,44 @@ async def test_stats_count_what_happened() -> None:
     assert (stats.min_nr, stats.curr_nr, stats.waiters) == (2, 2, 0)
     with pytest.raises(AttributeError):
         stats.allocs = 0  # type: ignore[misc]
+
+
+STATS_FIELDS = (
+    "allocs", "frees", "outstanding", "curr_nr", "min_nr", "waiters",
+    "reserve_hits", "waits", "timeouts", "max_wait_ms",
+)  # fmt: skip
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["rx", None])
+async def test_str_of_stats_is_one_line_of_named_fields(name: str | None) -> None:
+    backing = Backing()
+    pool = backing.pool(1, name=name)
+    held = [await pool.alloc()]  # a fresh one
+    backing.up = False
+    held.append(await pool.alloc())  # the reserve's
+    with pytest.raises(TimeoutError):
+        await pool.alloc(GFP_KERNEL, timeout=0)
+    stats = pool.stats()
+    line = str(stats)
+    assert "\n" not in line
+    if name is None:
+        assert line.startswith("allocs=")
+    else:
+        assert line.startswith("pool=rx allocs=")
+    fields = dict(field.split("=", 1) for field in line.split())
+    assert set(STATS_FIELDS) <= set(fields)
+    for field in STATS_FIELDS[:-1]:
+        assert fields[field] == str(getattr(stats, field)), field
+    assert [fields[f] for f in ("allocs", "outstanding", "reserve_hits")] == [
+        "2",
+        "2",
+        "1",
+    ]
+    assert (fields["curr_nr"], fields["min_nr"], fields["timeouts"]) == ("0", "1", "1")
+    assert float(fields["max_wait_ms"]) == round(stats.max_wait_s * 1e3, 1)
+    for element in held:
+        pool.free(element)
 
 
 def test_repr_shows_live_state() -> None:

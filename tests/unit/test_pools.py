@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import mmap
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from aiomempool import (
     GFP_NOWAIT,
     DoubleFreeError,
     ForeignElementError,
+    InvalidFreeError,
     Mempool,
     SlabCache,
     buffer_pool,
@@ -426,3 +428,74 @@ async def test_an_element_handed_to_a_waiter_that_is_cancelled_goes_on() -> None
     pool.free(again)  # an ordinary free: it is out with us again
     with pytest.raises(DoubleFreeError):
         pool.free(again)
+
+
+# -- what the errors say --------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["1", 1.0, True, None])
+def test_page_pool_wants_an_int_order(order: Any) -> None:
+    with pytest.raises(TypeError, match="order must be an int"):
+        page_pool(1, order)
+
+
+@pytest.mark.parametrize("option", ["leak_sampling", "zero_on_free"])
+def test_a_kmalloc_pool_refuses_the_options_of_a_pool_of_a_caches_buffers(
+    option: str,
+) -> None:
+    value = 4 if option == "leak_sampling" else True
+    with pytest.raises(
+        TypeError, match=f"{option} needs a pool of a SlabCache's buffers"
+    ):
+        kmalloc_pool(1, 16, **{option: value})
+
+
+BIG = 65536
+
+REFUSING = {
+    "buffer_pool": lambda: buffer_pool(BIG, min_nr=1),
+    "buffer_pool zero_on_free": lambda: buffer_pool(BIG, min_nr=1, zero_on_free=True),
+    "buffer_pool leak_sampling": lambda: buffer_pool(BIG, min_nr=1, leak_sampling=1),
+    "buffer_pool debug": lambda: buffer_pool(BIG, min_nr=1, debug=True),
+    "slab_pool": lambda: slab_pool(1, SlabCache(BIG)),
+    "page_pool": lambda: page_pool(1, 4),
+    "kmalloc_pool": lambda: kmalloc_pool(1, BIG),
+    "kmalloc_pool debug": lambda: kmalloc_pool(1, BIG, debug=True),
+}
+
+
+@pytest.mark.parametrize("make", REFUSING.values(), ids=REFUSING.keys())
+def test_a_refused_free_of_a_big_bytearray_has_a_short_message(
+    make: Callable[[], Mempool[Any]],
+) -> None:
+    # Never the element's bytes: the repr of a 64 KiB bytearray is a
+    # quarter of a million characters.
+    pool = make()
+    stranger = bytearray(b"\xab" * BIG)
+    with pytest.raises(InvalidFreeError) as info:
+        pool.free(stranger)
+    assert len(str(info.value)) < 300, str(info.value)[:400]
+    assert "\\xab" not in str(info.value)
+    pool.close()
+
+
+def test_a_double_free_of_a_big_bytearray_has_a_short_message() -> None:
+    pool = kmalloc_pool(1, BIG)
+    buf = pool.alloc_nowait()
+    pool.free(buf)
+    with pytest.raises(InvalidFreeError) as info:
+        pool.free(buf)
+    assert len(str(info.value)) < 300, str(info.value)[:400]
+    with pytest.raises(InvalidFreeError) as info:
+        SlabCache(BIG).free(bytearray(BIG))  # type: ignore[arg-type]
+    assert len(str(info.value)) < 300, str(info.value)[:400]
+
+
+def test_resize_beyond_a_bounded_cache_names_max_objects() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=3, headroom=1)
+    with pytest.raises(MemoryError, match="max_objects=3") as info:
+        pool.resize(5)
+    assert "2 of the 4 more" in str(info.value), str(info.value)
+    assert (pool.min_nr, pool.curr_nr) == (1, 1)  # nothing changed
+    pool.resize(3)  # within the bound
+    assert pool.curr_nr == 3

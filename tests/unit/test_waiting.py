@@ -17,6 +17,12 @@ from helpers import TIMEOUT, Backing, Elem, settle
 from aiomempool import GFP, GFP_ATOMIC, WAIT_BUCKETS, AllocTimeoutError, Mempool
 from aiomempool._waitqueue import COMPACT_SLACK
 
+LOOPS = pytest.mark.parametrize(
+    "new_loop",
+    [asyncio.new_event_loop, uvloop.new_event_loop],
+    ids=["asyncio", "uvloop"],
+)
+
 
 def drained(
     min_nr: int = 1, **kwargs: Any
@@ -496,13 +502,31 @@ def test_waiting_from_a_second_loop_is_refused() -> None:
     assert pool.waiters == 0
 
 
-# -- a loop closed while its tasks wait ---------------------------------------
+@LOOPS
+def test_a_task_of_a_second_loop_is_refused_naming_the_pool_and_not_counted(
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    _, pool, (held,) = drained(name="rx")
+    first, second = new_loop(), new_loop()
+    try:
+        waiter = first.create_task(pool.alloc())
+        first.run_until_complete(settle())  # parked; the loop stays open
+        assert pool.waiters == 1 and pool.stats().waits == 1
+        with pytest.raises(RuntimeError) as info:
+            second.run_until_complete(pool.alloc())
+        message = str(info.value)
+        assert message.startswith("<Mempool 'rx' ")
+        assert "tasks of another event loop wait on this pool" in message
+        assert pool.stats().waits == 1  # the first loop's task only
+        assert pool.waiters == 1
+        pool.free(held)  # still goes to the first loop's waiter
+        assert first.run_until_complete(asyncio.wait_for(waiter, TIMEOUT)) is held
+    finally:
+        first.close()
+        second.close()
 
-LOOPS = pytest.mark.parametrize(
-    "new_loop",
-    [asyncio.new_event_loop, uvloop.new_event_loop],
-    ids=["asyncio", "uvloop"],
-)
+
+# -- a loop closed while its tasks wait ---------------------------------------
 
 
 def park_and_close(

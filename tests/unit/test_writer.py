@@ -207,3 +207,10 @@ async def test_pooled_writer_refuses_bad_arguments() -> None:
         writer.close()
     assert pool.stats().outstanding == 0
     pool.close()
+
+
+def test_pooled_writer_needs_a_running_event_loop() -> None:
+    pool = buffer_pool(64, min_nr=1)
+    with pytest.raises(RuntimeError, match="needs a running event loop"):
+        PooledWriter(asyncio.WriteTransport(), pool)
+    pool.close()
