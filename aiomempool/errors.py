@@ -26,13 +26,13 @@ class PoolClosedError(MempoolError, RuntimeError):
 
 
 class CorruptionError(MempoolError):
-    """Debug mode found the poison of a free element overwritten: something
-    wrote to it after it was freed.
+    """Debug mode found the poison of a free element overwritten.
 
-    The message names the pool (or cache), the element (for a buffer of a
-    ``SlabCache``, its slab and slot), the offset of the first bad byte and
-    the bytes around it: the kernel's "poison mismatch" report. The element
-    is poisoned afresh and stays free.
+    Something wrote to the element after it was freed. The message names the
+    pool (or cache), the element (for a buffer of a ``SlabCache``, its slab
+    and slot), the offset of the first bad byte and the bytes around it: the
+    kernel's "poison mismatch" report. The element is poisoned afresh and
+    stays free.
     """
 
 

@@ -19,23 +19,30 @@ __all__ = ["GFP", "GFP_ATOMIC", "GFP_KERNEL", "GFP_NOWAIT"]
 class GFP(enum.IntFlag):
     """Allocation flags, the ``gfp_t`` of the kernel.
 
-    ``DIRECT_RECLAIM``
-        The caller may wait (``__GFP_DIRECT_RECLAIM``): ``await pool.alloc()``
-        parks until an element comes back instead of returning ``None``.
-    ``HIGH``
-        Urgent caller (``__GFP_HIGH``): the backing allocator may dip into an
-        emergency headroom that ordinary callers may not use.
-    ``NOWARN``
-        A failure is expected and logs nothing (``__GFP_NOWARN``).
-    ``ZERO``
-        Zeroed memory (``__GFP_ZERO``). A mempool refuses it: elements that
-        come from the reserve are not zeroed, so the promise could not be kept.
+    Combine them with ``|``; most callers pass one of the ready-made masks
+    ``GFP_KERNEL``, ``GFP_NOWAIT`` or ``GFP_ATOMIC`` instead.
     """
 
     DIRECT_RECLAIM = 0x1
+    """The caller may wait (``__GFP_DIRECT_RECLAIM``).
+
+    ``await pool.alloc()`` parks until an element comes back instead of
+    returning ``None``.
+    """
     HIGH = 0x2
+    """Urgent caller (``__GFP_HIGH``).
+
+    The backing allocator may dip into an emergency headroom that ordinary
+    callers may not use.
+    """
     NOWARN = 0x4
+    """A failure is expected and logs nothing (``__GFP_NOWARN``)."""
     ZERO = 0x8
+    """Zeroed memory (``__GFP_ZERO``), which a mempool refuses.
+
+    Elements that come from the reserve are not zeroed, so the promise could
+    not be kept: a mask holding it raises ``ValueError``.
+    """
 
 
 # Final: the overloads of Mempool.alloc() see GFP_KERNEL as the one mask

@@ -2,13 +2,15 @@
 
 Optional: it needs the ``prometheus`` extra (``pip install
 'aiomempool[prometheus]'``). Register one collector and every scrape reads
-``stats()`` of the pools it watches::
+``stats()`` of the pools it watches:
 
-    from prometheus_client import REGISTRY, start_http_server
-    from aiomempool.metrics import MempoolCollector
+```python
+from prometheus_client import REGISTRY, start_http_server
+from aiomempool.metrics import MempoolCollector
 
-    REGISTRY.register(MempoolCollector())  # every live named pool
-    start_http_server(9100)
+REGISTRY.register(MempoolCollector())  # every live named pool
+start_http_server(9100)
+```
 
 Every series carries the label ``pool``, the pool's name. Pools that share a
 name are added up into one series (the longest wait is their maximum), so a
@@ -40,8 +42,8 @@ from .stats import WAIT_BUCKETS, MempoolStats
 
 __all__ = ["PREFIX", "MempoolCollector"]
 
-#: The prefix of every metric name.
 PREFIX = "aiomempool"
+"""The prefix of every metric name: ``aiomempool_allocs_total`` and so on."""
 
 # Counters: (field of MempoolStats, also the metric's name; help text).
 _COUNTERS = (
@@ -104,16 +106,27 @@ class MempoolCollector(Collector):
     given, each of which must have a name. The collector holds the pools it
     was given, and nothing when it watches the named ones.
 
-    Exported, each labelled ``pool``: the counters ``aiomempool_allocs_total``,
-    ``_frees_total``, ``_reserve_hits_total``, ``_alloc_fn_failures_total``,
-    ``_waits_total`` and ``_timeouts_total``; the gauges ``aiomempool_min_nr``,
-    ``_curr_nr`` (the reserve level), ``_outstanding``, ``_waiters`` and
-    ``_max_wait_seconds``; the histogram ``aiomempool_wait_seconds`` of the
-    waits that ended with an element, with the bounds of ``WAIT_BUCKETS``.
+    Exported, each series labelled ``pool``, each named after the field of
+    ``MempoolStats`` it reads:
+
+    - counters: ``aiomempool_allocs_total``, ``aiomempool_frees_total``,
+      ``aiomempool_reserve_hits_total``,
+      ``aiomempool_alloc_fn_failures_total``, ``aiomempool_waits_total``,
+      ``aiomempool_timeouts_total``;
+    - gauges: ``aiomempool_min_nr``, ``aiomempool_curr_nr`` (the reserve
+      level), ``aiomempool_outstanding``, ``aiomempool_waiters``,
+      ``aiomempool_max_wait_seconds``;
+    - the histogram ``aiomempool_wait_seconds`` of the waits that ended with
+      an element, with the bounds of ``WAIT_BUCKETS``.
 
     ``collect()`` runs on the scraping thread and only reads the pools: a
     scrape taken while the loop works may be off by the operations in
     progress, never inconsistent in a way that lasts.
+
+    Args:
+        pools (Iterable[Mempool] | None): The pools to export, each with a
+            name and a ``stats()`` (a ``Mempool`` of any kind), or None for
+            every live named pool.
 
     Raises:
         ValueError: a pool given has no name.

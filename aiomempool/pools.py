@@ -403,10 +403,10 @@ def kmalloc_pool(min_nr: int, size: int, **options: Any) -> Mempool[bytearray]:
 def page_pool(
     min_nr: int, order: int = 0, *, leak_sampling: int | None = None, **options: Any
 ) -> Mempool[memoryview]:
-    """A pool of page-aligned buffers of ``PAGESIZE << order`` bytes
-    (4096 << order on most machines): ``mempool_create_page_pool()``.
+    """A pool of page-aligned buffers: ``mempool_create_page_pool()``.
 
-    The buffers are writable memoryviews of anonymous memory maps, aligned
+    Each buffer holds ``PAGESIZE << order`` bytes (4096 << order on most
+    machines). The buffers are writable memoryviews of anonymous memory maps, aligned
     to the page, as O_DIRECT file I/O wants them. ``options`` are those of
     ``Mempool``, and ``leak_sampling`` is as for ``buffer_pool``.
 
@@ -478,8 +478,9 @@ def buffer_pool(
         ```
 
     Raises:
-        TypeError, ValueError: a size or count that is not an int >= 1, or
-            ``min_nr > max_nr``.
+        TypeError: a size or count is not an int, or an option is not of its
+            type.
+        ValueError: a size or count is below 1, or ``min_nr > max_nr``.
         MemoryError: the reserve could not be made.
     """
     check_nr("size", size)

@@ -118,8 +118,13 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             yours hands out anything but memoryviews.
     """
 
-    #: Set by ``connection_made()``.
     transport: asyncio.Transport
+    """The connection's transport, set by ``connection_made()``.
+
+    Write replies to it (or through a ``PooledWriter``); pause and resume
+    reading with the protocol's own ``pause_reading()`` and
+    ``resume_reading()``, not the transport's.
+    """
 
     # The state, field by field (ownership: see the module's docstring):
     #   _buf        the buffer reads go into (lent to the transport, then
@@ -144,6 +149,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         if isinstance(pool, TrackedPool) and not isinstance(pool, SlabPool):
             raise TypeError(_NOT_VIEWS.format(pool=pool, kind="bytearrays"))
         self.pool = pool
+        """The pool the protocol's buffers are borrowed from."""
         self._buf: memoryview | None = None  # the buffer reads go into
         self._fill = 0  # kept bytes at the start of _buf
         self._full: list[memoryview] = []  # kept, no room left in them
@@ -189,13 +195,13 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         )
 
     def keep_buffer(self, start: int = 0) -> None:
-        """Keep ``view[start:]`` of the current ``view_received()`` call:
-        an incomplete frame, to be completed by the next reads.
+        """Keep ``view[start:]`` of the current ``view_received()`` call.
 
-        Call it from ``view_received()`` only. The kept bytes are moved to
-        the start of the buffer (a copy only if ``start > 0``) and come
-        first in the next ``view_received()`` view; reads go on into the
-        room left after them. A buffer kept full has no room left: it stays
+        For an incomplete frame, to be completed by the next reads. Call it
+        from ``view_received()`` only. The kept bytes are moved to the start
+        of the buffer (a copy only if ``start > 0``) and come first in the
+        next ``view_received()`` view; reads go on into the room left after
+        them. A buffer kept full has no room left: it stays
         with you, reads go into a new buffer and the next view starts
         afresh; give it back with ``release_kept()``.
 
@@ -214,9 +220,9 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._keep = start
 
     def take_buffer(self) -> memoryview:
-        """Take the buffer of the current ``view_received()`` call: it is
-        yours from now on, and the protocol reads on into another.
+        """Take the buffer of the current ``view_received()`` call.
 
+        It is yours from now on, and the protocol reads on into another.
         Returns the pool's buffer whole, as allocated; the view's bytes are
         at its start, ``buf[:len(view)]``. Give it back with
         ``pool.free(buf)``, or hand it on: ``PooledWriter.write(buf,
@@ -237,9 +243,10 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         return buf
 
     def pause_reading(self) -> None:
-        """Stop reading from the transport, for a reason of yours (a peer
-        that reads its replies too slowly: call it from ``pause_writing()``),
-        until ``resume_reading()``.
+        """Stop reading from the transport until ``resume_reading()``.
+
+        For a reason of yours: a peer that reads its replies too slowly
+        (call it from ``pause_writing()``).
 
         Call these two rather than the transport's: the protocol pauses
         reading as well while it waits for a buffer of a dry pool, and
@@ -256,10 +263,13 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        """Undo ``pause_reading()``: reading resumes, unless the protocol
-        still waits for a buffer (it resumes reading once it has one).
-        Bytes read while paused are delivered first, from a callback soon
-        after (not from within this call)."""
+        """Undo ``pause_reading()``.
+
+        Reading resumes, unless the protocol still waits for a buffer (it
+        resumes reading once it has one). Bytes read while paused are
+        delivered first, from a callback soon after (not from within this
+        call).
+        """
         self._paused = False
         if self._unseen:
             asyncio.get_running_loop().call_soon(self._resume_held)
@@ -269,10 +279,12 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def release_kept(self) -> None:
-        """Give back every buffer kept by ``keep_buffer()``; the kept bytes
-        are dropped (not bytes received since, held while paused: those are
-        delivered still). In ``view_received()``, it undoes
-        ``keep_buffer()`` too. Never awaits."""
+        """Give back every buffer kept by ``keep_buffer()``.
+
+        The kept bytes are dropped (not bytes received since, held while
+        paused: those are delivered still). In ``view_received()``, it
+        undoes ``keep_buffer()`` too. Never awaits.
+        """
         self._keep = None
         self._free_full()
         if self._end is not None:
@@ -340,8 +352,11 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         return buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        """Hand the bytes read to ``view_received()``, or if they are in the
-        fallback buffer, save them and queue for a pool buffer."""
+        """Hand the bytes read to ``view_received()``.
+
+        Bytes read into the fallback buffer (the pool was dry) are saved
+        instead, and the protocol queues for a pool buffer.
+        """
         self._fresh = False
         buf = self._buf
         if buf is not None:
@@ -364,9 +379,12 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self._waiter = asyncio.get_running_loop().create_task(self._wait())
 
     def eof_received(self) -> bool | None:
-        """Deliver bytes not delivered yet (read while the pool was dry, or
-        while paused) before the end of the stream, paused or not.
-        Overrides must call ``super().eof_received()`` first."""
+        """Deliver the bytes not delivered yet, before the end of the stream.
+
+        Those are bytes read while the pool was dry, or while paused; they
+        are delivered paused or not. Overrides must call
+        ``super().eof_received()`` first.
+        """
         if self._unseen and not self._lost:
             self._deliver(0)
         self._sweep()  # the buffer asked for this EOF's read: back now

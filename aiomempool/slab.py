@@ -125,12 +125,13 @@ class SlabCache:
     poison when it is handed out (``CorruptionError`` on a mismatch) and
     fills it with 0x5a: a caller must not assume zeros.
 
-    Example::
-
+    Example:
+        ```python
         cache = SlabCache(65536, max_objects=64, name="rx")
-        buf = cache.alloc()
+        buf = cache.alloc()  # None once 64 buffers are out
         n = sock.recv_into(buf)
         cache.free(buf)
+        ```
 
     Raises:
         TypeError: an argument is not of its type.
@@ -279,8 +280,10 @@ class SlabCache:
         return self._debug
 
     def owns(self, view: object) -> bool:
-        """True if ``view`` is a buffer of this cache, out or free (a slice
-        or a copy of one is not)."""
+        """True if ``view`` is a buffer of this cache, out or free.
+
+        A slice or a copy of one is not.
+        """
         return self._slot_of(view) is not None
 
     def _slot_of(self, view: object) -> tuple[_Slab, int] | None:
@@ -340,8 +343,8 @@ class SlabCache:
 
         Raises:
             PoolClosedError: the cache is closed.
-            TypeError, ValueError: ``gfp_mask`` is not a mask, holds
-                ``GFP.ZERO`` or unknown bits.
+            TypeError: ``gfp_mask`` is not a ``GFP`` or an int.
+            ValueError: ``gfp_mask`` holds ``GFP.ZERO`` or unknown bits.
         """
         if gfp_mask is not GFP_NOWAIT and gfp_mask is not GFP_KERNEL:
             decode_mask(gfp_mask)  # raises on a bad mask

@@ -18,8 +18,7 @@ __all__ = ["RecvInto", "recv_into"]
 
 
 def recv_into(pool: Mempool[memoryview], sock: socket.socket) -> RecvInto:
-    """Receive once from ``sock`` into a buffer of ``pool``, for the span
-    of an ``async with`` block.
+    """Receive once from ``sock`` into a buffer of ``pool``, for one block.
 
     ``async with recv_into(pool, sock) as view:`` borrows a buffer with
     ``await pool.alloc()``, receives once into it (``sock.recv_into()``)
@@ -45,16 +44,19 @@ def recv_into(pool: Mempool[memoryview], sock: socket.socket) -> RecvInto:
     Awaits on entry: for a buffer, then for bytes. Do not keep ``view``
     past the block: it is released there (using it raises ``ValueError``).
 
-    Example::
-
+    Example:
+        ```python
         while True:
             async with recv_into(rx, sock) as view:
                 if not view:
                     break  # end of file
                 await loop.sock_sendall(sock, view)
+        ```
 
-    Raises on entry what ``pool.alloc()`` and ``sock.recv_into()``
-    raise (``PoolClosedError``, ``OSError``, ...).
+    Raises:
+        TypeError: ``pool`` is not a ``Mempool``.
+        PoolClosedError: on entry, as ``pool.alloc()`` raises it.
+        OSError: on entry, as ``sock.recv_into()`` raises it.
     """
     return RecvInto(pool, sock)
 
@@ -62,11 +64,14 @@ def recv_into(pool: Mempool[memoryview], sock: socket.socket) -> RecvInto:
 class RecvInto:
     """What ``recv_into()`` returns: an async context manager, entered once.
 
-    Ownership: the buffer is held by the task in ``__aenter__`` from
-    ``pool.alloc()`` returning to its storing in ``_buf``, with no await in
-    between; then by ``_buf`` until ``__aexit__`` (or the failed receive)
-    frees it. So no path out of this object keeps a buffer.
+    Entry borrows a buffer and receives into it; exit gives the buffer back,
+    however the block ends. No path out of it keeps a buffer.
     """
+
+    # Ownership: the buffer is held by the task in __aenter__ from
+    # pool.alloc() returning to its storing in _buf, with no await in
+    # between; then by _buf until __aexit__ (or the failed receive) frees it.
+    # So no path out of this object keeps a buffer.
 
     __slots__ = ("_buf", "_pool", "_sock", "_view")
 

@@ -13,8 +13,11 @@ T = TypeVar("T")
 WAIT_BUCKETS: tuple[float, ...] = (
     0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, math.inf,
 )  # fmt: skip
-"""Upper bounds, in seconds, of the buckets of the wait-time histogram in
-``MempoolStats.wait_counts``; the last one catches every longer wait."""
+"""Upper bounds, in seconds, of the buckets of the wait-time histogram.
+
+They are the buckets of ``MempoolStats.wait_counts`` and of the Prometheus
+histogram; the last one, infinity, catches every longer wait.
+"""
 
 
 @dataclass(frozen=True)
@@ -50,9 +53,11 @@ class MempoolStats:
     max_wait_s: float
     """The longest wait, in seconds, that ended with an element."""
     wait_counts: tuple[int, ...]
-    """Waits that ended with an element, counted per bucket of
-    ``WAIT_BUCKETS`` (a wait of w seconds falls in the first bucket whose
-    bound is >= w); not cumulative."""
+    """Waits that ended with an element, counted per bucket of ``WAIT_BUCKETS``.
+
+    A wait of w seconds falls in the first bucket whose bound is >= w; the
+    counts are not cumulative.
+    """
     wait_sum_s: float
     """The total of those waits, in seconds."""
 
@@ -109,7 +114,9 @@ class Outstanding(Generic[T]):
     element: T
     """The element, as the caller holds it."""
     allocated_at: str
-    """Where it was allocated: the innermost calls outside aiomempool,
-    formatted as a traceback prints them."""
+    """Where it was allocated: the innermost calls outside aiomempool.
+
+    Formatted as a traceback prints them.
+    """
     age_s: float
     """Seconds since it was allocated."""

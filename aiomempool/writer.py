@@ -26,9 +26,9 @@ MIN_POLL_INTERVAL = 0.001
 
 
 class PooledWriter:
-    """Writes buffers of ``pool`` to one transport, and gives each back to
-    the pool once the transport has sent it.
+    """Writes buffers of ``pool`` to one transport, freeing each once sent.
 
+    Each buffer goes back to the pool only once the transport has sent it.
     ``transport_or_writer`` is an ``asyncio.WriteTransport`` (a protocol's
     transport) or an ``asyncio.StreamWriter``. Picture a post office that
     photographs nothing: a letter handed over the counter must not be
@@ -37,8 +37,8 @@ class PooledWriter:
     The trap it avoids: on Python 3.12+ and on uvloop, ``transport.write(buf)``
     keeps a view of ``buf`` in the transport's write buffer when the kernel
     does not take all of it at once (a slow reader, a full socket buffer);
-    Python 3.11 copied it. So this sends whatever the next borrower writes
-    into ``buf``:
+    Python 3.11 copied it. So this code sends whatever the next borrower
+    writes into ``buf``:
 
     ```python
     transport.write(buf)
@@ -147,8 +147,7 @@ class PooledWriter:
         return len(self._queue)
 
     def write(self, buf: memoryview, nbytes: int | None = None) -> None:
-        """Write ``buf`` (or ``buf[:nbytes]``) and give ``buf`` back to the
-        pool once it is sent.
+        """Write ``buf`` (or ``buf[:nbytes]``); it goes back to the pool once sent.
 
         ``buf`` must be an element of the pool as ``alloc()`` returned it
         (not a slice of one): from this call on it is the writer's, and
@@ -156,9 +155,10 @@ class PooledWriter:
         called from protocol callbacks. Freed before returning if the
         transport took all of it at once.
 
-        Raises what ``transport.write()`` raises, after giving ``buf``
-        back (the transport kept nothing of it then); ``ValueError`` if
-        ``nbytes`` is not within ``buf``.
+        Raises:
+            ValueError: ``nbytes`` is not within ``buf``.
+            Exception: whatever ``transport.write()`` raises, after giving
+                ``buf`` back (the transport kept nothing of it then).
         """
         if nbytes is None:
             data = buf
@@ -181,8 +181,10 @@ class PooledWriter:
             self._timer = self._loop.call_later(self._interval, self._poll)
 
     def release_sent(self) -> int:
-        """Give back to the pool every buffer the transport has sent;
-        return how many. Never awaits."""
+        """Give back to the pool every buffer the transport has sent.
+
+        Returns how many went back. Never awaits.
+        """
         queue = self._queue
         if not queue:
             return 0
@@ -200,10 +202,13 @@ class PooledWriter:
         return freed
 
     async def drain(self) -> None:
-        """Flow control: ``await writer.drain()`` for a ``StreamWriter``
-        (waits while the write buffer is above the high-water mark; raises
-        what it raises), nothing for a transport. Then frees what was sent.
-        It does not wait for every buffer: see ``wait_sent()``."""
+        """Wait for flow control, then free what was sent.
+
+        For a ``StreamWriter`` this is ``await writer.drain()``: it waits
+        while the write buffer is above the high-water mark, and raises what
+        that raises; for a transport it waits for nothing. It does not wait
+        for every buffer: see ``wait_sent()``.
+        """
         if self._stream is not None:
             await self._stream.drain()
         self.release_sent()
