@@ -336,6 +336,31 @@ def test_resize_shrinks_by_freeing_the_surplus_from_the_top() -> None:
     assert sorted(e.n for e in backing.freed) == sorted(e.n for e in top)
 
 
+def test_resize_not_growing_allocates_nothing() -> None:
+    """Found by the state machine: init_pool(min_nr=1, take=1); resize(1).
+
+    mempool_resize() allocates only to grow min_nr; a resize to a min_nr no
+    larger than the current one frees the surplus of the reserve and
+    nothing else, so it cannot fail. Elements out are not missing: their
+    frees refill the reserve.
+    """
+    backing = Backing(supply=4)
+    pool = backing.pool(2)
+    held = [pool.alloc_nowait(), pool.alloc_nowait()]  # fresh ones
+    backing.up = False
+    held += [pool.alloc_nowait(), pool.alloc_nowait()]  # the reserve
+    assert pool.curr_nr == 0 and None not in held
+    ncalls = len(backing.masks)
+    pool.resize(2)  # the same min_nr: nothing to do
+    pool.resize(1)  # shrinking: the reserve holds no surplus
+    assert backing.masks[ncalls:] == []
+    assert (pool.min_nr, pool.curr_nr) == (1, 0)
+    for element in held:
+        pool.free(element)
+    assert pool.curr_nr == 1 and len(backing.freed) == 3
+    pool.close()
+
+
 @pytest.mark.parametrize(
     ("value", "error"), [(0, ValueError), (-1, ValueError), (1.5, TypeError)]
 )

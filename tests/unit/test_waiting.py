@@ -111,6 +111,27 @@ async def test_new_callers_queue_behind_waiters_even_if_the_allocator_recovers()
 
 
 @pytest.mark.asyncio
+async def test_a_newcomer_is_not_stranded_behind_a_woken_waiter() -> None:
+    """Found by the state machine in an earlier version: a task that calls
+    alloc() in the same loop iteration as two frees, the first of which
+    woke a waiter, must not park behind that waiter while the second
+    element sits in the reserve."""
+    backing = Backing(supply=2)  # the reserve, then nothing more
+    pool = backing.pool(2, retry_interval=3600)
+    x, y = pool.alloc_nowait(), pool.alloc_nowait()
+    first = asyncio.create_task(pool.alloc())
+    await asyncio.sleep(0)
+    assert pool.waiters == 1
+    newcomer = asyncio.create_task(pool.alloc())  # runs after the frees
+    pool.free(x)  # to the waiter
+    pool.free(y)  # nobody is parked: to the reserve
+    done, _ = await asyncio.wait([first, newcomer], timeout=1)
+    assert pool.curr_nr == 0 and pool.waiters == 0
+    assert {t.result() for t in done} == {x, y}, (pool, newcomer)
+    pool.close()
+
+
+@pytest.mark.asyncio
 async def test_no_waiter_is_overtaken_more_than_once_by_each_other_task() -> None:
     # 50 tasks share 2 elements in a tight alloc / yield / free loop. Served
     # first come first served, a waiter sees at most one allocation by each
