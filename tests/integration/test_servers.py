@@ -53,7 +53,11 @@ def server(name: str, loop: list[str]) -> Iterator[int]:
         assert ready, "the server did not say where it listens"
         line = proc.stdout.readline()
         match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        stderr = proc.stderr
+        assert match, (
+            line,
+            stderr.read() if stderr and proc.poll() is not None else "",
+        )
         yield int(match.group(1))
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)

@@ -229,13 +229,13 @@ async def test_zero_is_refused_because_the_reserve_is_not_zeroed() -> None:
 async def test_bad_masks_and_timeouts_are_refused() -> None:
     pool = Backing().pool(1)
     with pytest.raises(TypeError, match="gfp_mask"):
-        await pool.alloc("GFP_KERNEL")  # type: ignore[arg-type]
+        await pool.alloc("GFP_KERNEL")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="timeout must be >= 0"):
         await pool.alloc(timeout=-1)
     with pytest.raises(ValueError, match="timeout must be >= 0"):
         await pool.alloc(timeout=float("nan"))
     with pytest.raises(TypeError, match="timeout must be a number"):
-        await pool.alloc(timeout="1")  # type: ignore[arg-type]
+        await pool.alloc(timeout="1")  # type: ignore[call-overload]
     assert pool.stats().allocs == 0
 
 
@@ -613,7 +613,7 @@ def test_a_storm_of_failures_is_rate_limited(
     import aiomempool._ratelimit as ratelimit
 
     now = [1000.0]
-    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("aiomempool._ratelimit.time.monotonic", lambda: now[0])
     backing = Backing()
     pool = backing.pool(1)
     backing.up = False

@@ -158,6 +158,7 @@ async def test_zero_on_free_wipes_what_the_next_borrower_gets() -> None:
     pool = buffer_pool(64, min_nr=1, zero_on_free=True)
     # Through the cache (the reserve is full) ...
     buf = pool.alloc_nowait()
+    assert buf is not None
     buf[:] = b"s" * 64
     pool.free(buf)
     assert bytes(pool.alloc_nowait() or b"") == bytes(64)
@@ -186,10 +187,11 @@ async def test_zero_on_free_wipes_a_buffer_handed_to_a_waiter() -> None:
 def test_without_zero_on_free_the_bytes_stay() -> None:
     pool = buffer_pool(64, min_nr=1)
     buf = pool.alloc_nowait()
+    assert buf is not None
     buf[:4] = b"left"
     pool.free(buf)
     again = pool.alloc_nowait()
-    assert again is buf and bytes(again[:4]) == b"left"
+    assert again is buf and bytes(buf[:4]) == b"left"
 
 
 # -- double frees and foreign elements -----------------------------------------
@@ -238,12 +240,13 @@ def test_foreign_elements_are_refused(make: str) -> None:
     other = buffer_pool(128, min_nr=1)
     buf = pool.alloc_nowait()
     assert buf is not None
-    foreign = {
+    makers: dict[str, Callable[[], Any]] = {
         "slice": lambda: buf[:64],
         "copy": lambda: memoryview(bytearray(buf)),
         "other pool": other.alloc_nowait,
         "bytes": lambda: b"x" * 128,
-    }[make]()
+    }
+    foreign = makers[make]()
     with pytest.raises(ForeignElementError):
         pool.free(foreign)
     pool.free(buf)
@@ -284,7 +287,9 @@ async def test_slab_fast_paths_still_refuse_masks_that_only_equal_a_fast_one(
 ) -> None:
     # The fast path of alloc_nowait() recognises its masks by identity:
     # False and 0.0 equal GFP_NOWAIT, but are not masks.
-    sampling = {} if leak_sampling is None else {"leak_sampling": leak_sampling}
+    sampling: dict[str, Any] = (
+        {} if leak_sampling is None else {"leak_sampling": leak_sampling}
+    )
     pool = buffer_pool(64, min_nr=1, max_nr=4, **sampling)
     for mask in (False, 0.0, 2.0):
         with pytest.raises(TypeError, match="gfp_mask must be a GFP flag or an int"):
@@ -301,7 +306,7 @@ async def test_slab_fast_paths_still_refuse_masks_that_only_equal_a_fast_one(
 
 
 def shared_cache_pools(
-    **options: object,
+    **options: Any,
 ) -> tuple[SlabCache, Mempool[memoryview], Mempool[memoryview]]:
     cache = SlabCache(64, objects_per_slab=8)
     return cache, slab_pool(2, cache, **options), slab_pool(2, cache, **options)
@@ -397,7 +402,7 @@ async def test_a_second_free_of_what_was_handed_to_a_waiter_is_refused(
         else kmalloc_pool(1, 64)
     )
     if kind == "kmalloc":
-        pool._alloc_fn = lambda gfp, data: None  # type: ignore[attr-defined]
+        pool._alloc_fn = lambda gfp, data: None
     held = await pool.alloc()
     waiter = asyncio.ensure_future(pool.alloc())
     await asyncio.sleep(0)

@@ -546,7 +546,7 @@ def test_frees_after_close_cost_o1_each_not_a_rescan_of_the_cache() -> None:
     out = take(cache, 2000)
     for view in out[::2]:
         cache.free(view)  # half of every slab free: no slab can go yet
-    cache._free = CountingList(cache._free)  # type: ignore[misc]
+    cache._free = CountingList(cache._free)
     cache.close()
     walks_at_close = CountingList.walks
     assert cache.stats().slabs == 250

@@ -4,6 +4,7 @@ retries of the allocator, anyio cancel scopes, threads and loops."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import threading
 from collections.abc import Callable
@@ -68,7 +69,7 @@ async def test_waiters_are_served_first_come_first_served() -> None:
     tasks = await park(pool, 5)
     served: list[int] = []
     for i, task in enumerate(tasks):
-        task.add_done_callback(lambda t, i=i: served.append(i))
+        task.add_done_callback(functools.partial(lambda i, _: served.append(i), i))
     for element in held:
         pool.free(element)
         await settle()
@@ -300,7 +301,7 @@ async def test_many_cancelled_waiters_do_not_pile_up() -> None:
             task.cancel()
         await settle()
         assert pool.waiters == 1
-        queued = len(pool._line._entries)  # type: ignore[attr-defined]
+        queued = len(pool._line._entries)
         assert queued <= 2 * pool.waiters + COMPACT_SLACK + 1
         pool.free(held)
         held = await tasks[-1]
@@ -348,7 +349,7 @@ async def test_anyio_cancel_scope_after_the_hand_off_loses_nothing() -> None:
 
     async def waiter(name: str, scope: anyio.CancelScope) -> None:
         with scope:
-            got[name] = await pool.alloc()  # type: ignore[assignment]
+            got[name] = await pool.alloc()
 
     first, second = anyio.CancelScope(), anyio.CancelScope()
     async with anyio.create_task_group() as tg:
