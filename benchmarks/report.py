@@ -1,4 +1,4 @@
-"""The tables on the terminal, and the JSON file."""
+"""The tables on the terminal, and the JSON file (written, and read back)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results import GroupResult, HandoffRow, LoopResult, Run, Target
+from benchmarks.harness import Config, Handoff
+from benchmarks.results import GroupResult, HandoffRow, LoopResult, Row, Run, Target
 
 
 def num(value: float) -> str:
@@ -119,3 +120,50 @@ def to_json(run: Run) -> dict[str, Any]:
 
 def write_json(run: Run, path: Path) -> None:
     path.write_text(json.dumps(to_json(run), indent=2) + "\n", encoding="utf-8")
+
+
+def read_json(path: Path) -> Run:
+    """A run as ``write_json()`` wrote it: its figures, enough to redraw the
+    charts and the page's table (the targets and the summary are left out)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    loops = [
+        LoopResult(
+            loop["name"],
+            loop["loop_class"],
+            [
+                GroupResult(
+                    g["key"],
+                    g["title"],
+                    g["unit"],
+                    g["reference"],
+                    [
+                        Row(
+                            r["label"], r["family"], r["median"], r["status"], r["note"]
+                        )
+                        for r in g["rows"]
+                    ],
+                )
+                for g in loop["groups"]
+            ],
+            [
+                HandoffRow(
+                    h["label"],
+                    h["family"],
+                    None if h["figures"] is None else Handoff(**h["figures"]),
+                    h["status"],
+                    h["note"],
+                )
+                for h in loop["handoff"]
+            ],
+        )
+        for loop in data["loops"]
+    ]
+    return Run(
+        data["mode"],
+        Config(**data["config"]),
+        data["machine"],
+        data["versions"],
+        loops,
+        servers=data.get("servers"),
+        seconds=data["seconds"],
+    )
