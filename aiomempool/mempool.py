@@ -182,10 +182,12 @@ class Mempool(Generic[T]):
                 raise TypeError(f"{arg} must be callable, not {type(fn).__name__}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str or None, not {type(name).__name__}")
-        if retry_interval is None:
-            raise TypeError("retry_interval must be a number of seconds, not None")
-        check_timeout(retry_interval, arg="retry_interval")
-        if not retry_interval > 0:
+        if type(retry_interval) is bool or not isinstance(retry_interval, (int, float)):
+            raise TypeError(
+                "retry_interval must be a number of seconds, not "
+                f"{type(retry_interval).__name__}"
+            )
+        if not retry_interval > 0:  # also refuses NaN
             raise ValueError(
                 f"retry_interval must be > 0 seconds, got {retry_interval}"
             )

@@ -129,12 +129,7 @@ def test_retry_interval_must_be_a_positive_number_of_seconds(
         Mempool(1, lambda g, d: object(), lambda e, d: None, retry_interval=value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the message shares timeout's rule: 'must be a number of seconds or "
-    "None' and 'must be >= 0 seconds', though None and 0 are refused",
-)
-@pytest.mark.parametrize("value", ["x", -1.0])
+@pytest.mark.parametrize("value", ["x", -1.0, 0, float("nan")])
 def test_a_refused_retry_interval_is_told_the_rule_it_breaks(value: Any) -> None:
     with pytest.raises((TypeError, ValueError)) as info:
         Mempool(1, lambda g, d: object(), lambda e, d: None, retry_interval=value)
