@@ -2,7 +2,8 @@
 
 trio's ``ParkingLot`` for asyncio: a mechanism that knows nothing of what
 its waiters wait for. A parked task waits on a future of its own, kept in a
-deque in arrival order beside the mask it asked with. Whoever has something
+deque in arrival order beside what it asked with (for a pool, its mask, or
+a bulk request). Whoever has something
 for a waiter (an element, the news that the pool closed, an error) resolves
 the first future that is not done yet: the hand-off happens at wake-up
 time, so the woken task never races anybody for what it was given (trio's
@@ -41,8 +42,6 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from typing import Any
-
-from .gfp import GFP
 
 __all__ = ["CLOSED", "TIMEDOUT", "Fresh", "WaitQueue", "Wake"]
 
@@ -101,7 +100,7 @@ class WaitQueue:
     loop: asyncio.AbstractEventLoop | None
 
     def __init__(self, on_empty: Callable[[], None]) -> None:
-        self._entries: deque[tuple[asyncio.Future[Any], GFP]] = deque()
+        self._entries: deque[tuple[asyncio.Future[Any], object]] = deque()
         self.nparked = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_empty = on_empty
@@ -120,7 +119,7 @@ class WaitQueue:
         tasks that do are of ``loop`` too (or of a closed loop: dead)."""
         return not self.nparked or self.loop is loop or self._dead()
 
-    def park(self, gfp_mask: GFP) -> asyncio.Future[Any]:
+    def park(self, ask: object) -> asyncio.Future[Any]:
         """Queue the calling task at the back of the line; await the future:
         it resolves to what the task is handed.
 
@@ -133,7 +132,7 @@ class WaitQueue:
         if not self.nparked or loop is None or (loop.is_closed() and self._dead()):
             loop = self.loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._entries.append((fut, gfp_mask))
+        self._entries.append((fut, ask))
         self.nparked += 1
         return fut
 
@@ -151,8 +150,8 @@ class WaitQueue:
             entries.popleft()
         return False
 
-    def first(self) -> tuple[asyncio.Future[Any], GFP] | None:
-        """The first live waiter's future and mask, or None."""
+    def first(self) -> tuple[asyncio.Future[Any], object] | None:
+        """The first live waiter's future and what it asked with, or None."""
         return self._entries[0] if self.has_live() else None
 
     def hand(self, value: object) -> bool:

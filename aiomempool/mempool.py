@@ -36,7 +36,7 @@ import asyncio
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar, cast, overload
@@ -80,6 +80,27 @@ _created: Callable[[Mempool[Any]], None] | None = None
 def named_pools() -> list[Mempool[Any]]:
     """The live pools that were given a name, sorted by name."""
     return sorted(_named, key=lambda pool: pool.name or "")
+
+
+class _Bulk:
+    """A bulk request in the line: how many elements, with which mask."""
+
+    __slots__ = ("count", "mask")
+
+    def __init__(self, count: int, mask: Mask) -> None:
+        self.count = count
+        self.mask = mask
+
+
+class _Handful:
+    """The elements handed to a bulk request at once, and how many of them
+    came from the reserve."""
+
+    __slots__ = ("elements", "from_reserve")
+
+    def __init__(self, elements: list[Any], from_reserve: int) -> None:
+        self.elements = elements
+        self.from_reserve = from_reserve
 
 
 def _weakly(method: Callable[[], None]) -> Callable[[], None]:
@@ -142,6 +163,7 @@ class Mempool(Generic[T]):
         "_alloc_fn",
         "_alloc_fn_failures",
         "_allocs",
+        "_bulk_waiters",
         "_closed",
         "_debug",
         "_elements",
@@ -200,6 +222,10 @@ class Mempool(Generic[T]):
         # The line calls the pool back through a weak reference: a pool
         # must die by reference count, as its users expect of a named one.
         self._line = WaitQueue(_weakly(self._line_emptied))
+        # Bulk requests queued and not served, timed out or gone: a hint
+        # (reset when the line empties) that _give_back() must ask the line
+        # who is first rather than hand on what comes back.
+        self._bulk_waiters = 0
         self._retry_interval = float(retry_interval)
         self._retry_timer: asyncio.TimerHandle | None = None
         self._gate = True  # lowered by _regate() once the reserve is made
@@ -545,6 +571,7 @@ class Mempool(Generic[T]):
 
     def _line_emptied(self) -> None:
         """The last waiter was served or left (or its loop closed)."""
+        self._bulk_waiters = 0
         self._regate()
         timer, self._retry_timer = self._retry_timer, None
         if timer is not None:
@@ -565,7 +592,13 @@ class Mempool(Generic[T]):
             first = line.first()
             if first is None:
                 return
-            fut, gfp_mask = first
+            fut, ask = first
+            if type(ask) is _Bulk:
+                # All or nothing, now that the allocator may give more.
+                if not self._serve_bulk(fut, ask):
+                    return
+                continue
+            gfp_mask = cast(GFP, ask)
             try:
                 element = self._call_alloc_fn(gfp_mask)
             except Exception as exc:
@@ -591,6 +624,215 @@ class Mempool(Generic[T]):
             self._retry_timer = loop.call_later(
                 self._retry_interval, self._retry_expired
             )
+
+    # -- bulk allocation: the kernel's mempool_alloc_bulk() ------------------
+
+    def _bulk_limit(self) -> int:
+        """The most elements one bulk request may ask for: what the pool can
+        guarantee at once. For a Mempool, its reserve (the kernel's rule)."""
+        return self._min_nr
+
+    def _check_bulk(self, count: object) -> int:
+        if type(count) is not int:
+            raise TypeError(f"count must be an int, not {type(count).__name__}")
+        limit = self._bulk_limit()
+        if not 1 <= count <= limit:
+            raise ValueError(
+                f"{self!r}: count must be from 1 to {limit}, got {count}: a "
+                f"pool guarantees at most {limit} elements at once (its "
+                "reserve, min_nr, or a bounded buffer pool's max_nr)"
+            )
+        return count
+
+    @overload
+    async def alloc_bulk(
+        self, count: int, gfp_mask: Kernel = ..., *, timeout: float | None = ...
+    ) -> list[T]: ...
+    @overload
+    async def alloc_bulk(
+        self, count: int, gfp_mask: GFP | int, *, timeout: float | None = ...
+    ) -> list[T] | None: ...
+
+    async def alloc_bulk(
+        self,
+        count: int,
+        gfp_mask: GFP | int = GFP_KERNEL,
+        *,
+        timeout: float | None = None,
+    ) -> list[T] | None:
+        """Allocate ``count`` elements at once, or none: the kernel's
+        ``mempool_alloc_bulk()``.
+
+        A loop of ``alloc()`` can deadlock when several tasks each need
+        several elements: each holds part of what it needs while it waits
+        for the rest. A bulk request holds nothing while it waits: it takes
+        all ``count`` elements in one step (``alloc_fn`` first, then the
+        reserve), or waits in line, first come first served with single
+        requests (none overtakes it, and it overtakes none), until they can
+        all be had. With a mask that may not wait, it returns ``None``
+        instead of waiting.
+
+        Cancelling it loses nothing: elements handed to a cancelled request
+        go back, and those behind it are served. Give the elements back with
+        ``free_bulk()`` (or ``free()`` each).
+
+        Raises:
+            ValueError: ``count`` is above what the pool can guarantee at
+                once (``min_nr``; for a bounded buffer pool, ``max_nr``) or
+                below 1; a bad ``gfp_mask`` or ``timeout``.
+            TypeError: ``count`` is not an int.
+            PoolClosedError: the pool is closed, or closed while waiting.
+            AllocTimeoutError: ``timeout`` seconds passed first.
+        """
+        count = self._check_bulk(count)
+        mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: alloc_bulk() on a closed pool")
+        if timeout is not None:
+            check_timeout(timeout)
+        line = self._line
+        if not line.has_live():
+            got = self._gather(count, mask)
+            if got is not None:
+                elements, from_reserve = got
+                self._allocs += count
+                self._reserve_hits += from_reserve
+                return self._lend_all(elements)
+        if not mask.may_wait:
+            self._failed(mask)
+            return None
+        if timeout is not None and timeout <= 0:
+            raise self._timed_out(mask, timeout)
+        ask = _Bulk(count, mask)
+        fut = line.park(ask)
+        if line.nparked == 1:  # the first waiter: the retry timer starts
+            loop = self._loop = fut.get_loop()
+            self._retry_timer = loop.call_later(
+                self._retry_interval, self._retry_expired
+            )
+        self._gate = True
+        self._bulk_waiters += 1
+        self._waits += 1
+        handle = None
+        if timeout is not None:
+            handle = fut.get_loop().call_later(timeout, self._expire_bulk, fut)
+        start = time.perf_counter()
+        try:
+            got_now = await fut
+        except BaseException:
+            if not fut.done():
+                self._bulk_waiters -= 1  # leaves unserved
+            passed_on = line.leave(fut)
+            if type(passed_on) is _Handful:
+                for element in passed_on.elements:
+                    self._received(element)
+                    self._give_back(element)
+            self._serve_line()  # those behind it, if it was first
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        if got_now is TIMEDOUT:
+            raise self._timed_out(mask, timeout)
+        if got_now is CLOSED:
+            raise PoolClosedError(f"{self!r}: closed while waiting")
+        handful = cast(_Handful, got_now)
+        for element in handful.elements:
+            self._received(element)
+        self._allocs += count
+        self._reserve_hits += handful.from_reserve
+        waited = time.perf_counter() - start
+        self._wait_counts[bisect_left(WAIT_BUCKETS, waited)] += 1
+        self._wait_sum_s += waited
+        if waited > self._max_wait_s:
+            self._max_wait_s = waited
+        return self._lend_all(cast("list[T]", handful.elements))
+
+    def free_bulk(self, elements: Iterable[T | None]) -> None:
+        """Give back every element of ``elements``: the kernel's
+        ``mempool_free_bulk()``. Each is freed as by ``free()``, even if one
+        is refused or ``free_fn`` raises; then the first error is raised.
+        Synchronous."""
+        error: BaseException | None = None
+        for element in elements:
+            try:
+                self.free(element)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _lend_all(self, elements: list[T]) -> list[T]:
+        if self._debug is None:
+            return elements
+        return [self._debug.lend(element) for element in elements]
+
+    def _gather(self, count: int, mask: Mask) -> tuple[list[T], int] | None:
+        """``count`` elements, from alloc_fn then the reserve, and how many
+        came from the reserve; or None, and nothing taken (what alloc_fn
+        gave goes back to free_fn)."""
+        got: list[T] = []
+        try:
+            while len(got) < count:  # the kernel's order: the allocator first
+                element = self._call_alloc_fn(mask.first)
+                if element is None:
+                    break
+                got.append(element)
+        except BaseException:
+            self._free_all(got, suppress=True)
+            raise
+        need = count - len(got)
+        if need > len(self._elements):
+            self._free_all(got)
+            return None
+        got.extend(self._remove_element() for _ in range(need))
+        return got, need
+
+    def _serve_bulk(self, fut: asyncio.Future[Any], ask: _Bulk) -> bool:
+        """Serve the bulk request of ``fut``, first in line, if its elements
+        can all be had now."""
+        got = self._gather(ask.count, ask.mask)
+        if got is None:
+            return False
+        elements, from_reserve = got
+        first = self._line.first()
+        if first is None or first[0] is not fut:  # alloc_fn re-entered
+            for element in elements:
+                self._give_back(element)
+            return False
+        self._line.hand(_Handful(elements, from_reserve))
+        self._bulk_waiters -= 1
+        for element in elements:
+            self._handed(element)
+        return True
+
+    def _serve_line(self) -> None:
+        """Serve the waiters from the reserve, first come first served, for
+        as long as the first can be served: a bulk request stops those
+        behind it until all its elements can be had."""
+        line = self._line
+        while True:
+            first = line.first()
+            if first is None:
+                return
+            fut, ask = first
+            if type(ask) is _Bulk:
+                if not self._serve_bulk(fut, ask):
+                    return
+            elif self._elements:
+                element = self._remove_element()
+                line.hand(element)
+                self._handed(element)
+            else:
+                return
+
+    def _expire_bulk(self, fut: asyncio.Future[Any]) -> None:
+        """A bulk request's deadline: it leaves the line, and those behind
+        it may be served now."""
+        if not fut.done():
+            self._bulk_waiters -= 1
+            self._line.expire(fut)
+            self._serve_line()
 
     # -- freeing -----------------------------------------------------------
 
@@ -648,9 +890,15 @@ class Mempool(Generic[T]):
     def _give_back(self, element: T) -> None:
         """The element goes to the first waiter, the reserve or free_fn."""
         if len(self._elements) < self._min_nr and not self._closed:
-            # Tasks park only while the reserve is empty, so a refill goes
-            # to the longest waiter; the reserve gets it if nobody waits.
-            if not self._line.hand(element):
+            # Tasks park only while the reserve is empty (or a bulk request
+            # is first in line), so a refill goes to the longest waiter; the
+            # reserve gets it if nobody waits.
+            if self._bulk_waiters:
+                # A bulk request takes its elements all at once: into the
+                # reserve, then whoever is first is served from there.
+                self._add_element(element)
+                self._serve_line()
+            elif not self._line.hand(element):
                 self._add_element(element)
             return
         # By the invariant nobody waits here; were a task parked (an

@@ -245,6 +245,13 @@ class SlabPool(TrackedPool[memoryview]):
         if leak_sampling is not None and self._debug is None:
             self._sampler = LeakSampler(self, cache, leak_sampling, self._out)
 
+    def _bulk_limit(self) -> int:
+        # A bounded cache guarantees its max_objects once the others are
+        # back (the reserve's count among them); an unbounded one nothing
+        # beyond the reserve.
+        limit = self._allocator.max_objects
+        return self._min_nr if limit is None else max(self._min_nr, limit)
+
     def _make_debug(
         self, *, strict: bool = True, zero: bool = False
     ) -> PoolDebug[memoryview]:
