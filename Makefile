@@ -82,10 +82,12 @@ bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks --quick
 
 ## bench-servers: the example servers under redis-benchmark, beside a streams
-## server and redis-server; updates docs/assets/benchmarks/servers.md
+## server and redis-server; updates docs/assets/benchmarks/servers.md and
+## redraws the charts
 bench-servers: $(BENCH_STAMP)
 	$(call redis_tools,the server figures will be left out)
 	$(BIN)/python -m benchmarks.servers
+	$(BIN)/python -m benchmarks.charts
 
 ## docs: run the cookbook's recipes, then build the site strictly into site/
 docs: $(DOCS_STAMP)
