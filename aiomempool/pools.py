@@ -52,7 +52,11 @@ from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
 from .mempool import Kernel, Mempool
 from .slab import SlabCache
 
-__all__ = ["buffer_pool", "kmalloc_pool", "page_pool", "slab_pool"]
+__all__ = ["TRIM_AFTER", "buffer_pool", "kmalloc_pool", "page_pool", "slab_pool"]
+
+#: ``buffer_pool()``'s default ``trim_after``: seconds a slab stays wholly
+#: free before its memory goes back to the operating system.
+TRIM_AFTER = 30.0
 
 T = TypeVar("T")
 
@@ -451,6 +455,7 @@ def buffer_pool(
     page_aligned: bool = False,
     objects_per_slab: int | None = None,
     leak_sampling: int | None = None,
+    trim_after: float | None = TRIM_AFTER,
     **options: Any,
 ) -> Mempool[memoryview]:
     """A pool of ``size``-byte buffers for servers: the everyday entry point.
@@ -473,6 +478,11 @@ def buffer_pool(
     allocated, and goes back to the pool. Off (None) by default; when on,
     it costs the hot paths a countdown, and each watched allocation a few
     microseconds.
+
+    ``trim_after`` (by default ``TRIM_AFTER``, 30 seconds; None: never)
+    gives back the memory of slabs wholly free for that long, never below
+    the reserve: after a burst, the pool's memory comes back (see
+    ``SlabCache``).
 
     ``options`` are those of ``Mempool`` (``name``, ``retry_interval``,
     ``debug``; debug mode applies to the pool and its cache).
@@ -504,6 +514,7 @@ def buffer_pool(
         page_aligned=page_aligned,
         name=options.get("name"),
         debug=options.get("debug"),
+        trim_after=trim_after,
     )
     try:
         return SlabPool(

@@ -39,12 +39,15 @@ Objects "out" are counted as ``_nr_objects - len(_free)`` rather than
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import sys
+import time
+import weakref
 from contextlib import suppress
 from typing import Protocol
 
-from ._checks import check_nr, debug_enabled, short_repr
+from ._checks import check_nr, debug_enabled, running_loop, short_repr
 from ._poison import check_poison, poison
 from .errors import (
     CorruptionError,
@@ -73,11 +76,12 @@ class _Alias(Protocol):
 class _Slab:
     """One block and the views of its slots; ``number`` names it in messages."""
 
-    __slots__ = ("base", "block", "number", "views")
+    __slots__ = ("base", "block", "idle_since", "number", "views")
 
     def __init__(self, number: int, block: bytearray | mmap.mmap, size: int) -> None:
         self.number = number
         self.block = block
+        self.idle_since: float | None = None  # seen wholly free since (trim)
         self.base = memoryview(block)
         # Slices of one memoryview: writable, contiguous, adjacent.
         self.views = [
@@ -119,6 +123,13 @@ class SlabCache:
     With ``page_aligned=True`` every slab is an anonymous ``mmap``, so each
     buffer starts on a page boundary (for ``O_DIRECT`` I/O); then
     ``object_size`` must be a multiple of ``mmap.PAGESIZE``.
+
+    ``trim_after`` (seconds, or None for never, the default) gives back a
+    slab once it has been wholly free for that long, on a timer of the loop
+    the cache grew in: the memory of a burst comes back after it. A slab
+    with a buffer out, or lent to a mempool's reserve, never goes; the
+    timer ticks every ``trim_after / 2`` seconds while the cache holds more
+    than one slab, and costs the hot paths nothing.
 
     ``debug=True`` (by default, if ``AIOMEMPOOL_DEBUG`` is "1", "true" or
     "yes"; see ``aiomempool.debug``) poisons every free buffer, checks the
@@ -164,6 +175,8 @@ class SlabCache:
         "_slabs",
         "_slots",
         "_stranded",
+        "_trim_after",
+        "_trim_timer",
     )  # fmt: skip
 
     def __init__(
@@ -176,8 +189,17 @@ class SlabCache:
         page_aligned: bool = False,
         name: str | None = None,
         debug: bool | None = None,
+        trim_after: float | None = None,
     ) -> None:
         check_nr("object_size", object_size)
+        if trim_after is not None:
+            if type(trim_after) is bool or not isinstance(trim_after, (int, float)):
+                raise TypeError(
+                    "trim_after must be a number of seconds or None, not "
+                    f"{type(trim_after).__name__}"
+                )
+            if not trim_after > 0:  # also refuses NaN
+                raise ValueError(f"trim_after must be > 0 seconds, got {trim_after}")
         if objects_per_slab is not None:
             check_nr("objects_per_slab", objects_per_slab)
         if max_objects is not None:
@@ -236,6 +258,10 @@ class SlabCache:
         # of those slabs (see free()).
         self._out_by_slab: dict[_Slab, int] = {}
         self._stranded = 0
+        # Idle trimming (see _trim()): the timer runs on the loop the cache
+        # last grew in, while it holds more than one slab.
+        self._trim_after = None if trim_after is None else float(trim_after)
+        self._trim_timer: asyncio.TimerHandle | None = None
         self._next_number = 0
         self._nr_objects = 0  # in every slab: == len(self._slots)
         # Only free() changes _frees and only alloc() the objects out, each by
@@ -426,7 +452,66 @@ class SlabCache:
         # Reversed, so that slot 0 is on top and handed out first.
         self._free.extend(reversed(slab.views))
         self._nr_objects += count
+        if self._trim_after is not None and self._trim_timer is None:
+            self._arm_trim()
         return True
+
+    # -- idle trimming -----------------------------------------------------
+
+    @property
+    def trim_after(self) -> float | None:
+        """Seconds a slab stays wholly free before it goes back, or None."""
+        return self._trim_after
+
+    def _arm_trim(self) -> None:
+        """Tick every trim_after / 2 seconds on the running loop, if any:
+        a slab is trimmed after it was seen wholly free at ticks spanning
+        trim_after seconds. The timer holds the cache weakly."""
+        loop = running_loop()
+        if loop is not None and self._trim_after is not None:
+            self._trim_timer = loop.call_later(
+                self._trim_after / 2, _trim_tick, weakref.ref(self)
+            )
+
+    def _trim(self, now: float | None = None) -> int:
+        """One tick of idle trimming; returns the slabs given back.
+
+        A slab wholly free at this tick and at every tick since
+        ``trim_after`` seconds ago goes back (slabs with a buffer out, or
+        lent to a pool's reserve, never do: the reserve stays). Then the
+        free list is ordered so that allocations take the slots of the
+        fullest slabs first: the few buffers a server uses after a burst
+        come from few slabs, and the burst's other slabs empty out and
+        go. Ordering at the ticks, not per allocation, costs the hot paths
+        nothing (within a slab, the most recently freed slot stays first).
+        O(free slots) per tick.
+        """
+        if self._closed or self._trim_after is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        slots = self._slots
+        nfree: dict[_Slab, int] = {}
+        for view in self._free:
+            slab = slots[id(view)][0]
+            nfree[slab] = nfree.get(slab, 0) + 1
+        gone: list[_Slab] = []
+        for slab in self._slabs.values():
+            if nfree.get(slab) != len(slab.views):
+                slab.idle_since = None
+            elif slab.idle_since is None:
+                slab.idle_since = now
+            elif now - slab.idle_since >= self._trim_after:
+                gone.append(slab)
+        if gone:
+            dead = set(gone)
+            self._free[:] = [v for v in self._free if slots[id(v)][0] not in dead]
+            for slab in gone:
+                self._release(slab)
+        # The fullest slabs' slots last, on top of the stack: taken first.
+        self._free.sort(
+            key=lambda v: len(slots[id(v)][0].views) - nfree[slots[id(v)][0]]
+        )
+        return len(gone)
 
     # -- freeing -----------------------------------------------------------
 
@@ -602,6 +687,10 @@ class SlabCache:
             return
         self._closed = True
         self._limit = 0  # see alloc(): every call now takes the slow path
+        timer, self._trim_timer = self._trim_timer, None
+        if timer is not None:
+            with suppress(RuntimeError):  # uvloop's, once its loop is closed
+                timer.cancel()
         self.shrink()
         # Nothing is allocated again: the free list is only books now. Each
         # slab left counts its objects out, and goes when that reaches 0
@@ -627,3 +716,16 @@ class SlabCache:
         del self._out_by_slab[slab]
         self._stranded -= len(slab.views) - 1  # its other slots were free
         self._release(slab)
+
+
+def _trim_tick(ref: weakref.ref[SlabCache]) -> None:
+    """The trim timer's callback: one tick, then the next while the cache
+    lives, is open and holds more than one slab (the next growth restarts
+    a stopped timer)."""
+    cache = ref()
+    if cache is None:
+        return
+    cache._trim_timer = None
+    cache._trim()
+    if not cache._closed and len(cache._slabs) > 1:
+        cache._arm_trim()
