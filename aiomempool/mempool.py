@@ -414,17 +414,10 @@ class Mempool(Generic[T]):
             if timeout is not None and timeout <= 0:
                 raise self._timed_out(mask, timeout)
         # Wait in line until handed an element: the caller found the reserve
-        # empty, with no await since. Inlined rather than a coroutine or a
-        # method of its own: a contended pool goes through here per call.
+        # empty, with no await since. Inlined rather than a coroutine of its
+        # own: a contended pool goes through here per call.
         line = self._line
-        fut = line.park(mask.full)
-        if line.nparked == 1:  # the first waiter: the retry timer starts
-            loop = self._loop = fut.get_loop()
-            self._retry_timer = loop.call_later(
-                self._retry_interval, self._retry_expired
-            )
-        self._gate = True
-        self._waits += 1
+        fut = self._park(mask.full)
         handle = None
         if timeout is not None:
             handle = fut.get_loop().call_later(timeout, line.expire, fut)
@@ -569,6 +562,21 @@ class Mempool(Generic[T]):
 
     # -- waiting -------------------------------------------------------------
 
+    def _park(self, ask: object) -> asyncio.Future[Any]:
+        """Queue the calling task at the back of the line with ``ask`` (its
+        mask, or a bulk request), and count the wait; the first waiter
+        starts the retry timer."""
+        line = self._line
+        fut = line.park(ask)
+        if line.nparked == 1:
+            loop = self._loop = fut.get_loop()
+            self._retry_timer = loop.call_later(
+                self._retry_interval, self._retry_expired
+            )
+        self._gate = True
+        self._waits += 1
+        return fut
+
     def _line_emptied(self) -> None:
         """The last waiter was served or left (or its loop closed)."""
         self._bulk_waiters = 0
@@ -703,16 +711,8 @@ class Mempool(Generic[T]):
             return None
         if timeout is not None and timeout <= 0:
             raise self._timed_out(mask, timeout)
-        ask = _Bulk(count, mask)
-        fut = line.park(ask)
-        if line.nparked == 1:  # the first waiter: the retry timer starts
-            loop = self._loop = fut.get_loop()
-            self._retry_timer = loop.call_later(
-                self._retry_interval, self._retry_expired
-            )
-        self._gate = True
+        fut = self._park(_Bulk(count, mask))
         self._bulk_waiters += 1
-        self._waits += 1
         handle = None
         if timeout is not None:
             handle = fut.get_loop().call_later(timeout, self._expire_bulk, fut)
