@@ -785,7 +785,18 @@ class Mempool(Generic[T]):
         if need > len(self._elements):
             self._free_all(got)
             return None
-        got.extend(self._remove_element() for _ in range(need))
+        try:
+            for _ in range(need):
+                got.append(self._remove_element())  # debug mode may raise
+        except BaseException:
+            # Nothing taken: all goes back, serving nobody (this may run
+            # while the line is being served).
+            for element in reversed(got):
+                if len(self._elements) < self._min_nr:
+                    self._add_element(element)
+                else:
+                    self._free_fn(element, self._pool_data)
+            raise
         return got, need
 
     def _serve_bulk(self, fut: asyncio.Future[Any], ask: _Bulk) -> bool:
