@@ -4,14 +4,16 @@ waiting, first come first served with single requests."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 from typing import Any
 
 import pytest
-from helpers import Backing, settle
+from helpers import Backing, address, settle
 
 from aiomempool import (
     GFP_NOWAIT,
     AllocTimeoutError,
+    CorruptionError,
     DoubleFreeError,
     Mempool,
     PoolClosedError,
@@ -255,3 +257,17 @@ async def test_debug_mode_lends_fresh_views_in_bulk() -> None:
     with pytest.raises(ValueError):
         got[0][0]  # released by free()
     assert pool.stats().outstanding == 0
+
+
+@pytest.mark.asyncio
+async def test_a_corrupted_reserve_in_debug_mode_leaves_a_bulk_taking_nothing() -> None:
+    pool = buffer_pool(64, min_nr=3, max_nr=3, headroom=0, debug=True)
+    held = [await pool.alloc() for _ in range(3)]  # the reserve's three
+    bottom = address(held[0])  # freed first: the bottom of the reserve
+    for buf in held:
+        pool.free(buf)  # back into the reserve, poisoned
+    assert pool.curr_nr == 3
+    ctypes.memset(bottom, 0, 1)  # written after it was freed
+    with pytest.raises(CorruptionError):
+        await pool.alloc_bulk(3, GFP_NOWAIT)
+    assert pool.curr_nr == 3 and pool.stats().outstanding == 0
