@@ -1153,7 +1153,7 @@ class ElementContext(Generic[T]):
     It allocates on entry and frees on exit; it may be entered once.
     """
 
-    __slots__ = ("_element", "_gfp_mask", "_pool", "_timeout")
+    __slots__ = ("_element", "_entered", "_gfp_mask", "_pool", "_timeout")
 
     def __init__(
         self, pool: Mempool[T], gfp_mask: GFP | int, timeout: float | None
@@ -1162,12 +1162,24 @@ class ElementContext(Generic[T]):
         self._gfp_mask = gfp_mask
         self._timeout = timeout
         self._element: T | None = None
+        # From the start of an entry (before its await) to the exit: two
+        # tasks entering one context at once would share one element.
+        self._entered = False
 
     async def __aenter__(self) -> T:
-        if self._element is not None:
-            raise RuntimeError("this element() context is already entered")
-        element = await self._pool.alloc(self._gfp_mask, timeout=self._timeout)
+        if self._entered:
+            raise RuntimeError(
+                f"{self._pool!r}: this element() context is entered already "
+                "(one element() per async with)"
+            )
+        self._entered = True
+        try:
+            element = await self._pool.alloc(self._gfp_mask, timeout=self._timeout)
+        except BaseException:
+            self._entered = False
+            raise
         if element is None:
+            self._entered = False
             raise PoolExhaustedError(
                 f"{self._pool!r}: nothing to hand out without waiting "
                 f"(gfp_mask={MaskText(int(self._gfp_mask))})"
@@ -1182,4 +1194,5 @@ class ElementContext(Generic[T]):
         tb: TracebackType | None,
     ) -> None:
         element, self._element = self._element, None
+        self._entered = False
         self._pool.free(element)

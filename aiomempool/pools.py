@@ -41,6 +41,7 @@ of it is a free of the buffer it stands for (``_claim``).
 from __future__ import annotations
 
 import mmap
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -64,10 +65,12 @@ T = TypeVar("T")
 class _Kmalloc:
     """``bytearray(size)`` as an allocator that knows what it handed out."""
 
-    __slots__ = ("size",)
+    __slots__ = ("pool", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
+        #: The pool it serves, weakly (set by TrackedPool), for messages.
+        self.pool: Callable[[], object] | None = None
 
     def _alloc_fn(self, gfp_mask: GFP, busy: set[int]) -> bytearray:
         buf = bytearray(self.size)  # a MemoryError means "nothing" to the pool
@@ -82,8 +85,9 @@ class _Kmalloc:
 
     def _refusal(self, element: object, busy: set[int]) -> ValueError:
         # A freed bytearray is forgotten: a second free of one looks foreign.
+        pool = self.pool() if self.pool is not None else "a kmalloc pool"
         return ForeignElementError(
-            f"{short_repr(element)} is not an element this kmalloc pool handed "
+            f"{pool!r}: {short_repr(element)} is not an element this pool handed "
             "out and has not had back (a double free, a copy or another pool's?)"
         )
 
@@ -110,6 +114,8 @@ class TrackedPool(Mempool[T], Generic[T]):
     ) -> None:
         self._allocator = allocator
         self._owns_allocator = owns_allocator
+        if isinstance(allocator, _Kmalloc):
+            allocator.pool = weakref.ref(self)
         # The ids of the elements out with this pool's callers: its holder
         # set in the allocator's books, passed to it as pool_data.
         self._out: set[int] = set()
@@ -176,7 +182,11 @@ class TrackedPool(Mempool[T], Generic[T]):
                 f"{self!r}: double free of {short_repr(element)}: it was "
                 "handed to a task waiting in alloc(), which has not run yet"
             )
-        return self._allocator._refusal(element, self._out)
+        refusal = self._allocator._refusal(element, self._out)
+        if isinstance(self._allocator, SlabCache):
+            # The cache speaks of itself: say which pool refused, first.
+            return type(refusal)(f"{self!r}: {refusal}")
+        return refusal
 
     def _describe(self, element: T) -> str:
         allocator = self._allocator

@@ -484,7 +484,11 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                     buf = await self.pool.alloc()
                     # No await from here to _buf: cancellation cannot
                     # separate the buffer from the protocol.
-                    assert buf is not None  # GFP_KERNEL waits
+                    if type(buf) is not memoryview:  # a pool of the user's
+                        self.pool.free(buf)
+                        raise TypeError(
+                            _NOT_VIEWS.format(pool=self.pool, kind=type(buf).__name__)
+                        )
                     self._buf = buf
                     self._fill = 0
                     if self._lost:  # lost before the task could be cancelled

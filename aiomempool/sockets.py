@@ -73,7 +73,7 @@ class RecvInto:
     # between; then by _buf until __aexit__ (or the failed receive) frees it.
     # So no path out of this object keeps a buffer.
 
-    __slots__ = ("_buf", "_pool", "_sock", "_view")
+    __slots__ = ("_buf", "_entered", "_pool", "_sock", "_view")
 
     def __init__(self, pool: Mempool[memoryview], sock: socket.socket) -> None:
         if not isinstance(pool, Mempool):
@@ -82,18 +82,26 @@ class RecvInto:
         self._sock = sock
         self._buf: memoryview | None = None
         self._view: memoryview | None = None
+        self._entered = False
 
     def __repr__(self) -> str:
         state = "" if self._view is None else f" received={len(self._view)}"
         return f"<RecvInto{state} pool={self._pool!r}>"
 
     async def __aenter__(self) -> memoryview:
-        if self._buf is not None:
-            raise RuntimeError("this recv_into() context is already entered")
+        if self._entered:
+            raise RuntimeError(
+                f"{self._pool!r}: this recv_into() context is entered already "
+                "(one recv_into() per async with)"
+            )
+        self._entered = True  # before the first await: see ElementContext
         loop = asyncio.get_running_loop()
-        # Cancelled in alloc(), the pool gives back what it handed us.
-        buf = await self._pool.alloc()
-        assert buf is not None  # GFP_KERNEL waits
+        try:
+            # Cancelled in alloc(), the pool gives back what it handed us.
+            buf = await self._pool.alloc()
+        except BaseException:
+            self._entered = False
+            raise
         self._buf = buf
         try:
             nbytes = await _receive(loop, self._sock, buf)
@@ -101,6 +109,7 @@ class RecvInto:
             # Nothing was received (see _receive()), and nothing writes
             # into buf later: the reader is gone.
             self._buf = None
+            self._entered = False
             self._pool.free(buf)
             raise
         self._view = view = buf[:nbytes]
@@ -114,6 +123,7 @@ class RecvInto:
     ) -> None:
         view, self._view = self._view, None
         buf, self._buf = self._buf, None
+        self._entered = False
         if view is not None:
             # The user's view dies first; if they exported it (numpy...), it
             # stays valid as long as they hold it, at their own risk.

@@ -72,3 +72,79 @@ def test_outside_a_running_loop_free_is_still_fine_in_debug_mode() -> None:
     buf = pool.alloc_nowait()
     pool.free(buf)  # synchronous code with no loop running: allowed
     assert pool.stats().outstanding == 0
+
+
+@pytest.mark.asyncio
+async def test_one_element_context_entered_by_two_tasks_is_refused() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=1, headroom=0)
+    held = await pool.alloc()
+    ctx = pool.element()
+
+    async def use() -> None:
+        async with ctx:
+            await asyncio.sleep(0)
+
+    first = asyncio.ensure_future(use())
+    await asyncio.sleep(0)  # waiting in alloc(): the pool is dry
+    with pytest.raises(RuntimeError, match="entered already"):
+        await use()
+    pool.free(held)
+    await asyncio.wait_for(first, 5)
+    assert pool.stats().outstanding == 0
+    async with ctx:  # once exited, it may be entered again
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_protocol_waiting_on_a_dry_pool_of_bytearrays_refuses_it() -> None:
+    made: list[bytearray] = []
+
+    def alloc_fn(gfp: Any, data: Any) -> bytearray | None:
+        return None  # dry: the protocol waits in alloc(), then gets...
+
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    pool: MempoolType[Any] = MempoolType(
+        1, lambda g, d: bytearray(16), lambda e, d: None
+    )
+    pool._alloc_fn = alloc_fn  # type: ignore[attr-defined]
+    reserved = pool.alloc_nowait()  # the reserve's bytearray
+    protocol = Sink(pool)
+
+    class Transport(asyncio.Transport):
+        aborted = False
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def is_closing(self) -> bool:
+            return self.aborted
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    transport = Transport()
+    protocol.connection_made(transport)
+    buf = protocol.get_buffer(-1)  # the fallback: the pool is dry
+    buf[:3] = b"abc"
+    protocol.buffer_updated(3)  # queues for a buffer
+    await asyncio.sleep(0)
+    pool.free(reserved)  # ...a bytearray
+    await asyncio.sleep(0.01)
+    assert transport.aborted
+    assert errors and isinstance(errors[0]["exception"], TypeError)
+    assert "needs a pool of writable memoryviews" in str(errors[0]["exception"])
+    protocol.connection_lost(None)
+    assert pool.stats().outstanding == 0
+    assert made == []
+
+
+def test_a_refused_free_names_the_pool_that_refused_it() -> None:
+    for pool in (kmalloc_pool(1, 16, name="km"), buffer_pool(16, min_nr=1, name="bp")):
+        with pytest.raises(ValueError) as info:
+            pool.free(bytearray(16))
+        assert str(info.value).startswith(f"<Mempool '{pool.name}'"), info.value
