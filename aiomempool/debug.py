@@ -34,6 +34,7 @@ The sampled leak detector for pools outside debug mode is in ``_leaks.py``.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -69,7 +70,7 @@ class _Loan:
 
     __slots__ = (
         "allocated_at", "element", "freed_at", "lent", "ref", "reported",
-        "since",
+        "since", "thread",
     )  # fmt: skip
 
     def __init__(self, element: Any, lent: Any, exporter: Any) -> None:
@@ -79,6 +80,7 @@ class _Loan:
         self.allocated_at = call_site()
         self.freed_at: Site | None = None
         self.since = time.monotonic()
+        self.thread = threading.get_ident()  # a pool is one thread's
         self.reported = False
 
     def released(self) -> bool:
@@ -156,7 +158,16 @@ class PoolDebug(Generic[T]):
 
         Raises:
             DoubleFreeError: ``lent`` was freed already.
+            RuntimeError: ``lent`` is freed in another thread than the one
+                it was allocated in (nothing changes).
         """
+        loan = self._out.get(id(lent))
+        if loan is not None and loan.thread != threading.get_ident():
+            raise RuntimeError(
+                f"{self._owner()!r}: {short_repr(lent)} freed in another thread "
+                "than the one that allocated it: a pool is not thread-safe; "
+                "call free_threadsafe() from other threads"
+            )
         if self._quarantine:
             self.retry()
         loan = self._out.pop(id(lent), None)

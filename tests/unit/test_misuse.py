@@ -148,3 +148,23 @@ def test_a_refused_free_names_the_pool_that_refused_it() -> None:
         with pytest.raises(ValueError) as info:
             pool.free(bytearray(16))
         assert str(info.value).startswith(f"<Mempool '{pool.name}'"), info.value
+
+
+def test_debug_mode_catches_a_free_from_another_thread_without_a_loop() -> None:
+    pool = buffer_pool(64, min_nr=1, max_nr=2, debug=True)  # no loop at all
+    buf = pool.alloc_nowait()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            pool.free(buf)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(5)
+    assert len(errors) == 1 and "free_threadsafe()" in str(errors[0])
+    assert pool.stats().outstanding == 1
+    pool.free(buf)  # in its own thread: fine
+    assert pool.stats().outstanding == 0
