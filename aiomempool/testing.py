@@ -7,7 +7,9 @@ Two tools:
   configuration): a test fails when a pool it created, in the test or in
   its fixtures, still has elements out once the test and its fixtures are
   over. Every element is counted (Netty's leak presence detector in test
-  mode): nothing waits for the garbage collector. For a pool in debug mode
+  mode): nothing waits for the garbage collector. The pools of fixtures
+  wider than a test are judged by what each test adds to them, and by what
+  they still have out once their fixture is finalized. For a pool in debug mode
   the report lists where each element out was allocated. A test that keeps
   elements out on purpose says so with
   ``@pytest.mark.aiomempool_leaks_allowed``.
@@ -215,6 +217,32 @@ except ImportError:  # pytest is the user's, if any: fail_alloc() needs none
 if pytest is not None:
     _WATCH = pytest.StashKey[PoolWatch]()
 
+    class _Wide:
+        """Pools built by fixtures wider than a test (class, module,
+        session): judged by what each test adds to them, and by what they
+        still have out once their fixture is finalized."""
+
+        def __init__(self) -> None:
+            self.watch: PoolWatch | None = None  # the running test's
+            # id(pool) -> (pool, elements out when the test began)
+            self.baseline: dict[int, tuple[Mempool[Any], int]] = {}
+            # id(fixturedef) -> the pools its setup built
+            self.by_fixture: dict[int, list[Mempool[Any]]] = {}
+
+        def begin(self) -> None:
+            for key, (pool, _) in list(self.baseline.items()):
+                self.baseline[key] = (pool, pool.stats().outstanding)
+
+        def grown(self) -> LeakReport:
+            report = LeakReport()
+            for pool, before in self.baseline.values():
+                out = pool.stats().outstanding
+                if out > before:
+                    report.leaks.append((pool, out - before, []))
+            return report
+
+    _WIDE = _Wide()
+
     def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line(
             "markers",
@@ -227,9 +255,50 @@ if pytest is not None:
         item: pytest.Item, nextitem: pytest.Item | None
     ) -> Generator[None, object, object]:
         # From the setup of the test's fixtures to their teardown.
+        _WIDE.begin()
         with watch_pools() as watch:
             item.stash[_WATCH] = watch
+            _WIDE.watch = watch
+            try:
+                return (yield)
+            finally:
+                _WIDE.watch = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        watch = _WIDE.watch
+        if watch is None or fixturedef.scope == "function":
             return (yield)
+        start = len(watch.pools)
+        try:
+            return (yield)
+        finally:
+            # Built for longer than this test: not its own to give back.
+            built = watch.pools[start:]
+            del watch.pools[start:]
+            _WIDE.by_fixture.setdefault(id(fixturedef), []).extend(built)
+            for pool in built:
+                _WIDE.baseline[id(pool)] = (pool, pool.stats().outstanding)
+
+    def pytest_fixture_post_finalizer(
+        fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> None:
+        pools = _WIDE.by_fixture.pop(id(fixturedef), [])
+        report = LeakReport()
+        for pool in pools:
+            _WIDE.baseline.pop(id(pool), None)
+            out = pool.stats().outstanding
+            if out > 0:
+                report.leaks.append((pool, out, []))
+        if report:
+            raise pytest.fail.Exception(
+                f"aiomempool: pools built by the {fixturedef.scope}-scoped "
+                f"fixture {fixturedef.argname!r} still have elements out after "
+                f"it:\n{report}",
+                pytrace=False,
+            )
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_teardown(
@@ -240,9 +309,10 @@ if pytest is not None:
         if watch is None or item.get_closest_marker(LEAKS_ALLOWED) is not None:
             return result
         report = watch.leaks()
+        report.leaks.extend(_WIDE.grown().leaks)
         if report:
             raise pytest.fail.Exception(
-                "aiomempool: pools built by this test still have elements out "
+                "aiomempool: pools this test used still have elements out "
                 f"after it:\n{report}",
                 pytrace=False,
             )

@@ -169,3 +169,40 @@ def test_fail_alloc_refuses_bad_arguments_and_nesting() -> None:
     ):
         pass
     assert pool.alloc_nowait() is not None
+
+
+WIDE_FIXTURES = """
+import pytest
+from aiomempool import buffer_pool
+
+@pytest.fixture(scope="module")
+def shared():
+    p = buffer_pool(64, min_nr=1, max_nr=8, name="shared")
+    held = p.alloc_nowait()  # kept for the whole module: not a test's leak
+    yield p
+    p.free(held)
+    p.close()
+
+def test_first_uses_it_cleanly(shared):
+    shared.free(shared.alloc_nowait())
+
+def test_leaks_into_it(shared):
+    shared.alloc_nowait()
+
+def test_last_uses_it_cleanly(shared):
+    shared.free(shared.alloc_nowait())
+"""
+
+
+def test_the_plugin_judges_wider_fixtures_pools_by_what_each_test_adds(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_wide=WIDE_FIXTURES)
+    result = pytester.runpytest_subprocess("-p", "aiomempool.testing")
+    result.assert_outcomes(passed=3, errors=2)
+    out = result.stdout.str()
+    # The test that leaked, not the one that built the module's pool...
+    assert "ERROR at teardown of test_leaks_into_it" in out
+    assert "teardown of test_first_uses_it_cleanly" not in out
+    # ...and the fixture, when it is finalized with the leak still out.
+    assert "module-scoped fixture 'shared' still have elements out" in out
