@@ -16,6 +16,23 @@ from aiomempool import (
 )
 
 
+def free_in_a_thread(
+    pool: MempoolType[Any], element: Any
+) -> tuple[threading.Thread, list[BaseException]]:
+    """Start a thread that frees ``element``; what it raised is collected."""
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            pool.free(element)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    return thread, errors
+
+
 class Sink(PooledBufferedProtocol):
     def view_received(self, view: memoryview) -> None:
         pass
@@ -47,17 +64,8 @@ async def test_a_protocol_refuses_what_a_pool_on_callbacks_hands_out() -> None:
 async def test_debug_mode_catches_a_free_from_another_thread() -> None:
     pool = buffer_pool(64, min_nr=1, max_nr=2, debug=True)
     buf = await pool.alloc()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            pool.free(buf)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=worker)
     async with pool:  # the pool's loop is this one, running
-        thread.start()
+        thread, errors = free_in_a_thread(pool, buf)
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
         assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
         assert "free_threadsafe()" in str(errors[0]), errors[0]
@@ -153,16 +161,7 @@ def test_a_refused_free_names_the_pool_that_refused_it() -> None:
 def test_debug_mode_catches_a_free_from_another_thread_without_a_loop() -> None:
     pool = buffer_pool(64, min_nr=1, max_nr=2, debug=True)  # no loop at all
     buf = pool.alloc_nowait()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            pool.free(buf)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=worker)
-    thread.start()
+    thread, errors = free_in_a_thread(pool, buf)
     thread.join(5)
     assert len(errors) == 1 and "free_threadsafe()" in str(errors[0])
     assert pool.stats().outstanding == 1
