@@ -4,6 +4,7 @@ A ``Mempool`` keeps a reserve of ``min_nr`` preallocated elements so that
 work can always make progress when the backing allocator fails.
 """
 
+from .arena import BufferArena, buffer_arena, default_classes
 from .errors import (
     AllocTimeoutError,
     CorruptionError,
@@ -20,7 +21,14 @@ from .pools import buffer_pool, kmalloc_pool, page_pool, slab_pool
 from .protocol import PooledBufferedProtocol
 from .slab import SlabCache
 from .sockets import RecvInto, recv_into
-from .stats import WAIT_BUCKETS, MempoolStats, Outstanding, SlabStats
+from .stats import (
+    WAIT_BUCKETS,
+    ArenaStats,
+    MempoolStats,
+    Outstanding,
+    SizeClassStats,
+    SlabStats,
+)
 from .writer import PooledWriter
 
 __all__ = [
@@ -30,6 +38,8 @@ __all__ = [
     "GFP_NOWAIT",
     "WAIT_BUCKETS",
     "AllocTimeoutError",
+    "ArenaStats",
+    "BufferArena",
     "CorruptionError",
     "DoubleFreeError",
     "ElementContext",
@@ -44,9 +54,12 @@ __all__ = [
     "PooledBufferedProtocol",
     "PooledWriter",
     "RecvInto",
+    "SizeClassStats",
     "SlabCache",
     "SlabStats",
+    "buffer_arena",
     "buffer_pool",
+    "default_classes",
     "kmalloc_pool",
     "named_pools",
     "page_pool",

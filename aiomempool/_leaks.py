@@ -13,13 +13,18 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from ._checks import running_loop
 from ._ratelimit import RateLimitedWarning
 from ._sites import alias, call_site, site_text
-from .mempool import Mempool
 from .slab import SlabCache
+
+
+class _Owner(Protocol):
+    """Who a dropped buffer goes back to: a pool, or an arena."""
+
+    def free(self, element: memoryview | None, /) -> None: ...
 
 
 class _Watch:
@@ -78,7 +83,7 @@ class LeakSampler:
     )  # fmt: skip
 
     def __init__(
-        self, pool: Mempool[memoryview], cache: SlabCache, every: int, out: set[int]
+        self, pool: _Owner, cache: SlabCache, every: int, out: set[int]
     ) -> None:
         self._pool = weakref.ref(pool)
         self._out = out  # the pool's holder set, in the cache's books
@@ -98,18 +103,21 @@ class LeakSampler:
         # allocations of a periodic pattern.
         return 1 + int(random.random() * (2 * self._every - 1))
 
-    def sample(self, view: memoryview | None) -> memoryview | None:
+    def sample(
+        self, view: memoryview | None, length: int | None = None
+    ) -> memoryview | None:
         """The allocation that brought ``countdown`` to zero: restart the
         count, give back what was dropped, and watch ``view``."""
         self.countdown = self._gap()
         if self._queue:
             self._drain()
-        return None if view is None else self.watch(view)
+        return None if view is None else self.watch(view, length)
 
-    def watch(self, slot: memoryview) -> memoryview:
-        """An alias of ``slot``, watched: a view whose exporter (unlike a
-        memoryview) can be weakly referenced."""
-        view, exporter = alias(slot)
+    def watch(self, slot: memoryview, length: int | None = None) -> memoryview:
+        """An alias of ``slot`` (of its first ``length`` bytes only, if
+        given: a free of the alias frees the whole slot), watched: a view
+        whose exporter (unlike a memoryview) can be weakly referenced."""
+        view, exporter = alias(slot if length is None else slot[:length])
         watch = _Watch(self, slot, exporter)
         watch.key = id(view)
         self._cache._add_alias(watch.key, watch)

@@ -150,6 +150,12 @@ class WaitQueue:
             entries.popleft()
         return False
 
+    def asks(self) -> list[object]:
+        """What every live waiter asked with, in line order (for stats)."""
+        if self.nparked:
+            self._dead()
+        return [ask for fut, ask in self._entries if not fut.done()]
+
     def first(self) -> tuple[asyncio.Future[Any], object] | None:
         """The first live waiter's future and what it asked with, or None."""
         return self._entries[0] if self.has_live() else None

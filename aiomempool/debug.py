@@ -139,12 +139,17 @@ class PoolDebug(Generic[T]):
         # Hand out zeros rather than POISON_INUSE (``zero_on_free``).
         self._zero = zero
 
-    def lend(self, element: T) -> T:
-        """Hook: ``element`` leaves the pool for a caller; what to hand out."""
+    def lend(self, element: T, length: int | None = None) -> T:
+        """Hook: ``element`` leaves the pool for a caller; what to hand out.
+
+        ``length``: a memoryview is lent as a fresh view of its first
+        ``length`` bytes only (BufferArena's exact sizes); ``reclaim()`` of
+        that view gives back the whole element."""
         lent: Any = element
         exporter = None
         if isinstance(element, memoryview) and poisonable(element):
-            lent, exporter = alias(element)
+            part = element if length is None else element[:length]
+            lent, exporter = alias(part)
         if self._zero and poisonable(lent):
             lent[:] = bytes(len(lent))
         self._freed.pop(id(lent), None)  # an element freed before, out again

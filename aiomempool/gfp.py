@@ -57,6 +57,9 @@ ATOMIC_NOWARN = GFP_ATOMIC | GFP.NOWARN
 # GFP_ATOMIC without the warning: what receive paths with a fallback pass
 # (PooledBufferedProtocol.get_buffer()). One object, so that the slab
 # pools' hot paths can recognise it by identity.
+NOWAIT_NOWARN = GFP.NOWARN
+# GFP_NOWAIT without the warning: the first try of a caller that will wait
+# if it fails (BufferArena.alloc()). One object, as above.
 
 _ALL_BITS = 0
 for _flag in GFP:

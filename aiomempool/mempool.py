@@ -36,10 +36,10 @@ import asyncio
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar, cast, overload
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload
 
 from ._checks import check_nr, check_timeout, debug_enabled, running_loop, short_repr
 from ._ratelimit import RateLimitedWarning
@@ -66,6 +66,7 @@ from .stats import WAIT_BUCKETS, MempoolStats, Outstanding
 __all__ = ["ElementContext", "Mempool", "named_pools"]
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 P = TypeVar("P", bound="Mempool[Any]")
 
 #: The mask that waits, as the overloads of alloc() see it.
@@ -454,11 +455,7 @@ class Mempool(Generic[T]):
             self._reserve_hits += 1
         self._received(element)
         self._allocs += 1
-        waited = time.perf_counter() - start
-        self._wait_counts[bisect_left(WAIT_BUCKETS, waited)] += 1
-        self._wait_sum_s += waited
-        if waited > self._max_wait_s:
-            self._max_wait_s = waited
+        self._waited(time.perf_counter() - start)
         return element if self._debug is None else self._debug.lend(element)
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> T | None:
@@ -703,8 +700,7 @@ class Mempool(Generic[T]):
             got = self._gather(count, mask)
             if got is not None:
                 elements, from_reserve = got
-                self._allocs += count
-                self._reserve_hits += from_reserve
+                self._taken(count, from_reserve)
                 return self._lend_all(elements)
         if not mask.may_wait:
             self._failed(mask)
@@ -739,13 +735,8 @@ class Mempool(Generic[T]):
         handful = cast(_Handful, got_now)
         for element in handful.elements:
             self._received(element)
-        self._allocs += count
-        self._reserve_hits += handful.from_reserve
-        waited = time.perf_counter() - start
-        self._wait_counts[bisect_left(WAIT_BUCKETS, waited)] += 1
-        self._wait_sum_s += waited
-        if waited > self._max_wait_s:
-            self._max_wait_s = waited
+        self._taken(count, handful.from_reserve)
+        self._waited(time.perf_counter() - start)
         return self._lend_all(cast("list[T]", handful.elements))
 
     def free_bulk(self, elements: Iterable[T | None]) -> None:
@@ -761,6 +752,24 @@ class Mempool(Generic[T]):
                 error = error or exc
         if error is not None:
             raise error
+
+    # -- the books, kept by the pool's own paths and by a composer that
+    # takes elements for waiters of its own (BufferArena: its size classes
+    # are pools that never wait themselves; it calls _gather(), _taken(),
+    # _waited(), _timed_out(), _received() and _give_back() of them) -----
+
+    def _taken(self, count: int, from_reserve: int) -> None:
+        """Count ``count`` elements handed out, ``from_reserve`` of them
+        from the reserve."""
+        self._allocs += count
+        self._reserve_hits += from_reserve
+
+    def _waited(self, seconds: float) -> None:
+        """Count a wait that ended with elements, after ``seconds``."""
+        self._wait_counts[bisect_left(WAIT_BUCKETS, seconds)] += 1
+        self._wait_sum_s += seconds
+        if seconds > self._max_wait_s:
+            self._max_wait_s = seconds
 
     def _lend_all(self, elements: list[T]) -> list[T]:
         if self._debug is None:
@@ -1144,7 +1153,15 @@ class Mempool(Generic[T]):
             decode_mask(gfp_mask)  # refuse a bad mask now, not on entry
         if timeout is not None:
             check_timeout(timeout)
-        return ElementContext(self, gfp_mask, timeout)
+        return ElementContext(self, (gfp_mask,), timeout)
+
+
+class _Lender(Protocol[T_co]):
+    """What ElementContext needs of its pool (a Mempool, a BufferArena)."""
+
+    def alloc(self, *args: Any, **kwargs: Any) -> Awaitable[T_co | None]: ...
+
+    def free(self, element: Any) -> None: ...
 
 
 class ElementContext(Generic[T]):
@@ -1153,13 +1170,15 @@ class ElementContext(Generic[T]):
     It allocates on entry and frees on exit; it may be entered once.
     """
 
-    __slots__ = ("_element", "_entered", "_gfp_mask", "_pool", "_timeout")
+    __slots__ = ("_args", "_element", "_entered", "_pool", "_timeout")
 
     def __init__(
-        self, pool: Mempool[T], gfp_mask: GFP | int, timeout: float | None
+        self, pool: _Lender[T], args: tuple[Any, ...], timeout: float | None
     ) -> None:
         self._pool = pool
-        self._gfp_mask = gfp_mask
+        #: What alloc() is called with: (gfp_mask,), or for an arena
+        #: (nbytes, gfp_mask); the mask last.
+        self._args = args
         self._timeout = timeout
         self._element: T | None = None
         # From the start of an entry (before its await) to the exit: two
@@ -1174,7 +1193,7 @@ class ElementContext(Generic[T]):
             )
         self._entered = True
         try:
-            element = await self._pool.alloc(self._gfp_mask, timeout=self._timeout)
+            element = await self._pool.alloc(*self._args, timeout=self._timeout)
         except BaseException:
             self._entered = False
             raise
@@ -1182,7 +1201,7 @@ class ElementContext(Generic[T]):
             self._entered = False
             raise PoolExhaustedError(
                 f"{self._pool!r}: nothing to hand out without waiting "
-                f"(gfp_mask={MaskText(int(self._gfp_mask))})"
+                f"(gfp_mask={MaskText(int(self._args[-1]))})"
             )
         self._element = element
         return element

@@ -49,7 +49,7 @@ from ._checks import check_nr, short_repr
 from ._leaks import LeakSampler
 from .debug import PoolDebug, reserved_twice
 from .errors import DoubleFreeError, ForeignElementError
-from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT
+from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, NOWAIT_NOWARN
 from .mempool import Kernel, Mempool
 from .slab import SlabCache
 
@@ -319,6 +319,7 @@ class SlabPool(TrackedPool[memoryview]):
         # The cache's headroom (GFP.HIGH) is the slow path's business.
         if (
             gfp_mask is GFP_NOWAIT
+            or gfp_mask is NOWAIT_NOWARN
             or gfp_mask is ATOMIC_NOWARN
             or gfp_mask is GFP_ATOMIC
         ) and not self._gate:

@@ -47,6 +47,7 @@ import weakref
 from contextlib import suppress
 from typing import Protocol
 
+from ._budget import Budget
 from ._checks import check_nr, debug_enabled, running_loop, short_repr
 from ._poison import check_poison, poison
 from .errors import (
@@ -155,6 +156,7 @@ class SlabCache:
         "__weakref__",
         "_aliases",
         "_alloc_failures",
+        "_budget",
         "_busy",
         "_cap",
         "_closed",
@@ -176,7 +178,9 @@ class SlabCache:
         "_slots",
         "_stranded",
         "_trim_after",
+        "_trim_floor",
         "_trim_timer",
+        "_unreclaimable",
     )  # fmt: skip
 
     def __init__(
@@ -259,9 +263,20 @@ class SlabCache:
         self._out_by_slab: dict[_Slab, int] = {}
         self._stranded = 0
         # Idle trimming (see _trim()): the timer runs on the loop the cache
-        # last grew in, while it holds more than one slab.
+        # last grew in, while it holds more than _trim_floor slabs.
         self._trim_after = None if trim_after is None else float(trim_after)
         self._trim_timer: asyncio.TimerHandle | None = None
+        # The slabs the trim timer stops at (it ticks while the cache holds
+        # more): a cache of its own keeps its last slab warm; a cache that
+        # shares a Budget lets every idle slab go, its memory wanted
+        # elsewhere.
+        self._trim_floor = 1
+        # A Budget shared with other caches (BufferArena's size classes), or
+        # None: see _grow() and _reclaim(). Set by _share() only.
+        self._budget: Budget | None = None
+        # _frees when _reclaim() last found no wholly free slab: until the
+        # next free, none can have appeared, so it need not look again.
+        self._unreclaimable = -1
         self._next_number = 0
         self._nr_objects = 0  # in every slab: == len(self._slots)
         # Only free() changes _frees and only alloc() the objects out, each by
@@ -429,19 +444,36 @@ class SlabCache:
             limit = self._cap
         # out < limit <= _cap here, and _nr_objects == out if nothing is
         # free: a new slab of at least one object fits under _cap.
-        if not self._free and not self._grow():
+        if not self._free and not self._grow(gfp_mask):
             self._alloc_failures += 1
             return None
         return self._pop_free(limit, busy)
 
-    def _grow(self) -> bool:
-        """Add one slab, its slots on the free list; False if out of memory."""
+    def _grow(self, gfp_mask: GFP | int = GFP_KERNEL) -> bool:
+        """Add one slab, its slots on the free list; False if out of memory
+        or, with a shared budget, out of budget even once the other caches
+        gave back their wholly free slabs."""
         count = min(self._objects_per_slab, self._cap - self._nr_objects)
-        length = count * self._object_size
+        size = self._object_size
+        budget = self._budget
+        if budget is not None:
+            # Cut the slab down to what the budget holds (GFP.HIGH may use
+            # its headroom), after asking the others for room first.
+            high = gfp_mask is not GFP_KERNEL and decode_mask(gfp_mask).high
+            room = budget.room(high)
+            if room < count * size:
+                budget.reclaim(count * size - room, self)
+                room = budget.room(high)
+            count = min(count, room // size)
+            if count < 1:
+                return False
+        length = count * size
         try:
             block = mmap.mmap(-1, length) if self._page_aligned else bytearray(length)
         except (MemoryError, OSError):
             return False
+        if budget is not None:
+            budget.charge(length)
         slab = _Slab(self._next_number, block, self._object_size)
         self._next_number += 1
         self._slabs[slab.number] = slab
@@ -666,6 +698,55 @@ class SlabCache:
             self._release(slab)
         return len(empty)
 
+    def _share(self, budget: Budget) -> None:
+        """Grow within ``budget``, shared with other caches, from now on.
+
+        Each new slab is charged to it (cut down to what is left) and each
+        slab given back is credited; when a slab does not fit, the other
+        caches of the budget give back their wholly free slabs first. The
+        idle timer then lets every slab go, the last one too. A cache joins
+        one budget, empty (before its first slab). Never awaits.
+
+        Raises:
+            RuntimeError: the cache has slabs, or a budget already.
+        """
+        if self._budget is not None or self._slabs:
+            raise RuntimeError(
+                f"{self!r}: _share() needs a cache with no slabs and no budget yet"
+            )
+        self._budget = budget
+        self._trim_floor = 0
+        budget.join(self)
+
+    def _reclaim(self, nbytes: int) -> int:
+        """For the budget: give back wholly free slabs, the last made
+        first, until ``nbytes`` are back or none is left; return the
+        bytes given back. O(free slots), and nothing at all when no free
+        happened since the last call found nothing to give."""
+        if self._closed or self._frees == self._unreclaimable:
+            return 0
+        slots = self._slots
+        nfree: dict[_Slab, int] = {}
+        for view in self._free:
+            slab = slots[id(view)][0]
+            nfree[slab] = nfree.get(slab, 0) + 1
+        gone: list[_Slab] = []
+        got = 0
+        for slab in reversed(self._slabs.values()):
+            if got >= nbytes:
+                break
+            if nfree.get(slab) == len(slab.views):
+                gone.append(slab)
+                got += len(slab.block)
+        if not gone:
+            self._unreclaimable = self._frees
+            return 0
+        dead = set(gone)
+        self._free[:] = [v for v in self._free if slots[id(v)][0] not in dead]
+        for slab in gone:
+            self._release(slab)
+        return got
+
     def _release(self, slab: _Slab) -> None:
         """Forget ``slab``, none of whose views is out or on the free list,
         and give its memory back."""
@@ -673,6 +754,8 @@ class SlabCache:
         for view in slab.views:
             del self._slots[id(view)]
         self._nr_objects -= len(slab.views)
+        if self._budget is not None:
+            self._budget.credit(len(slab.block))
         slab.release()
 
     def close(self) -> None:
@@ -720,12 +803,12 @@ class SlabCache:
 
 def _trim_tick(ref: weakref.ref[SlabCache]) -> None:
     """The trim timer's callback: one tick, then the next while the cache
-    lives, is open and holds more than one slab (the next growth restarts
+    lives, is open and holds more than its floor of slabs (the next growth restarts
     a stopped timer)."""
     cache = ref()
     if cache is None:
         return
     cache._trim_timer = None
     cache._trim()
-    if not cache._closed and len(cache._slabs) > 1:
+    if not cache._closed and len(cache._slabs) > cache._trim_floor:
         cache._arm_trim()

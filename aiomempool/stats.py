@@ -6,7 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["WAIT_BUCKETS", "MempoolStats", "Outstanding", "SlabStats"]
+__all__ = [
+    "WAIT_BUCKETS",
+    "ArenaStats",
+    "MempoolStats",
+    "Outstanding",
+    "SizeClassStats",
+    "SlabStats",
+]
 
 T = TypeVar("T")
 
@@ -105,6 +112,52 @@ class SlabStats:
     """Objects given back by ``free()``."""
     alloc_failures: int
     """Calls of ``alloc()`` that returned None."""
+
+
+@dataclass(frozen=True)
+class SizeClassStats:
+    """One size class of a ``BufferArena``, at one moment."""
+
+    size: int
+    """Bytes in each buffer of the class (what ``good_size()`` says)."""
+    pool: MempoolStats
+    """Its allocations, reserve and waits (``waiters``: the arena's tasks
+    waiting for a buffer of this class)."""
+    slab: SlabStats
+    """Its slabs: objects in use and free, bytes held."""
+
+
+@dataclass(frozen=True)
+class ArenaStats:
+    """What a ``BufferArena`` holds and has done, at one moment.
+
+    ``arena.stats()`` makes one: the budget's gauges, the classes added up
+    (``total``) and each class (``classes``, smallest first).
+    """
+
+    name: str | None
+    """The arena's name, or None."""
+    max_bytes: int
+    """The budget: bytes of slabs of all classes together."""
+    headroom_bytes: int
+    """Bytes beyond ``max_bytes`` that ``GFP.HIGH`` (``GFP_ATOMIC``) may
+    grow slabs into."""
+    bytes_reserved: int
+    """Bytes held in slabs now, all classes."""
+    high_water_bytes: int
+    """The most bytes ever held in slabs at once."""
+    bytes_in_use: int
+    """Bytes of the buffers out with callers now, whole slots counted."""
+    bytes_requested: int
+    """Bytes callers asked for, of the buffers out now: ``bytes_in_use``
+    minus this is the waste of rounding up to a class."""
+    waiters: int
+    """Tasks waiting in ``alloc()`` or ``alloc_bulk()`` now."""
+    total: MempoolStats
+    """Every class added up (``min_nr`` and ``curr_nr`` summed, the longest
+    wait their maximum, ``name`` the arena's)."""
+    classes: tuple[SizeClassStats, ...]
+    """Each class, smallest first."""
 
 
 @dataclass(frozen=True)
