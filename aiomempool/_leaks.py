@@ -137,6 +137,12 @@ class LeakSampler:
             except RuntimeError:  # the loop is closed
                 self._scheduled = False
 
+    def drain(self) -> None:
+        """Report and free what was dropped, if anything (a sampler of one
+        of several pools: BufferArena drains all at each sample)."""
+        if self._queue:
+            self._drain()
+
     def _drain_soon(self) -> None:
         self._scheduled = False
         self._drain()

@@ -203,7 +203,7 @@ class BufferArena:
             for size, min_nr in zip(classes, reserve, strict=True):
                 cache = SlabCache(
                     size,
-                    objects_per_slab=max(1, ARENA_SLAB_BYTES // size),
+                    objects_per_slab=_per_slab(size),
                     name=name,
                     debug=debug,
                     trim_after=trim_after,
@@ -575,6 +575,8 @@ class BufferArena:
         with its class, lent as a watched alias of its first ``nbytes``."""
         samplers = self._samplers
         assert samplers is not None
+        for other in samplers:  # what any class's sampler saw dropped
+            other.drain()
         sampler = samplers[self._pools.index(pool)]
         view = sampler.sample(slot, nbytes)
         self._countdown = sampler.countdown
@@ -807,6 +809,8 @@ class BufferArena:
         error."""
         try:
             pool = self._pool_at[(len(view) + self._round) >> self._shift]
+        except ValueError:  # a released view: debug mode lent and took it
+            pool = self._releaser(view)
         except (TypeError, IndexError):
             raise ForeignElementError(
                 f"{self!r}: {short_repr(view)} is not a buffer this arena handed out"
@@ -815,6 +819,16 @@ class BufferArena:
             pool.free(view)
         except InvalidFreeError as error:
             raise self._refusal(view, error) from None
+
+    def _releaser(self, view: memoryview) -> SlabPool:
+        """The class whose debug mode freed (and released) ``view``: its
+        pool names the double free, with both call sites."""
+        for pool in self._pools:
+            if pool._debug is not None and pool._debug.freed(view):
+                return pool
+        raise ForeignElementError(
+            f"{self!r}: {short_repr(view)} is released: not a buffer this arena has out"
+        )
 
     def _refusal(self, view: object, error: InvalidFreeError) -> InvalidFreeError:
         """The class pool's refusal, said of the arena: a view of the
@@ -921,9 +935,14 @@ class BufferArena:
         return ElementContext(self, (nbytes, gfp_mask), timeout)
 
 
+def _per_slab(size: int) -> int:
+    """Buffers in a whole slab of a class of ``size``-byte buffers."""
+    return max(1, ARENA_SLAB_BYTES // size)
+
+
 def _slab_bytes(size: int) -> int:
     """The bytes of a whole slab of a class of ``size``-byte buffers."""
-    return max(1, ARENA_SLAB_BYTES // size) * size
+    return _per_slab(size) * size
 
 
 def _unname(pool: SlabPool) -> None:
@@ -1051,7 +1070,12 @@ def buffer_arena(
         )
     if not retry_interval > 0:
         raise ValueError(f"retry_interval must be > 0 seconds, got {retry_interval}")
-    needed = sum(n * _slab_bytes(size) for size, n in zip(sizes, reserve, strict=True))
+    # Made now, the reserves fill whole slabs; later they may spread over
+    # more (see BufferArena's guarantee), never beyond the budget.
+    needed = sum(
+        -(-n // _per_slab(size)) * _slab_bytes(size)
+        for size, n in zip(sizes, reserve, strict=True)
+    )
     if needed > max_bytes:
         raise MemoryError(
             f"buffer_arena(max_bytes={max_bytes}): the reserves ({sum(reserve)} "

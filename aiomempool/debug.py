@@ -201,6 +201,11 @@ class PoolDebug(Generic[T]):
             self._recheck = loop.call_soon(self._retry_later)
         return None
 
+    def freed(self, lent: object) -> bool:
+        """True if ``lent`` is a fresh view this pool lent and had back."""
+        record = self._freed.get(id(lent))
+        return record is not None and record[0] is lent
+
     def _not_out(self, element: T) -> T:
         """``element`` is not out: a double free, or not ours to judge."""
         pool = self._owner()

@@ -1,27 +1,29 @@
-"""Prometheus metrics of named pools: a collector for prometheus-client.
+"""Prometheus metrics of named pools and arenas: a collector for
+prometheus-client.
 
 Optional: it needs the ``prometheus`` extra (``pip install
 'aiomempool[prometheus]'``). Register one collector and every scrape reads
-``stats()`` of the pools it watches:
+``stats()`` of the pools and arenas it watches:
 
 ```python
 from prometheus_client import REGISTRY, start_http_server
 from aiomempool.metrics import MempoolCollector
 
-REGISTRY.register(MempoolCollector())  # every live named pool
+REGISTRY.register(MempoolCollector())  # every live named pool and arena
 start_http_server(9100)
 ```
 
-Every series carries the label ``pool``, the pool's name. Pools that share a
-name are added up into one series (the longest wait is their maximum), so a
-name can stand for a role ("rx", "tx") played by many pools.
+Every series carries the label ``pool``, the pool's (or arena's) name.
+Pools that share a name are added up into one series (the longest wait is
+their maximum), so a name can stand for a role ("rx", "tx") played by many
+pools; an arena's classes added up are exported as one pool of its name.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 try:
     from prometheus_client.metrics_core import (
@@ -37,8 +39,9 @@ except ImportError as exc:
         "pip install 'aiomempool[prometheus]'"
     ) from exc
 
+from .arena import named_arenas
 from .mempool import named_pools
-from .stats import WAIT_BUCKETS, MempoolStats
+from .stats import WAIT_BUCKETS, ArenaStats, MempoolStats, SizeClassStats
 
 __all__ = ["PREFIX", "MempoolCollector"]
 
@@ -75,19 +78,93 @@ _GAUGES: tuple[tuple[str, str, Callable[[Iterable[float]], float], str], ...] = 
 
 _HISTOGRAM_HELP = "How long allocations that ended with an element waited, seconds."
 
-# A pool created on the loop's thread while a scrape, on the exporter's
-# thread, walks named_pools() makes that walk fail ("Set changed size during
-# iteration"); so many fresh walks are tried before giving up.
+# An arena's gauges: (field of ArenaStats, metric name after the prefix,
+# help text). Arenas of one name add up.
+_ARENA_GAUGES = (
+    ("max_bytes", "arena_max_bytes", "The budget: bytes of slabs of all classes."),
+    (
+        "headroom_bytes",
+        "arena_headroom_bytes",
+        "Bytes beyond the budget that GFP.HIGH (GFP_ATOMIC) may grow slabs into.",
+    ),
+    ("bytes_reserved", "arena_bytes_reserved", "Bytes held in slabs now."),
+    (
+        "high_water_bytes",
+        "arena_high_water_bytes",
+        "The most bytes ever held in slabs at once.",
+    ),
+    (
+        "bytes_in_use",
+        "arena_bytes_in_use",
+        "Bytes of the buffers out now, whole slots counted.",
+    ),
+    (
+        "bytes_requested",
+        "arena_bytes_requested",
+        "Bytes asked for, of the buffers out now (in use minus this: the waste).",
+    ),
+)
+
+# A size class's counters and gauges: (where in SizeClassStats, field,
+# metric name after the prefix, help text). Labelled pool and size.
+_CLASS_COUNTERS = (
+    ("pool", "allocs", "arena_class_allocs", "Buffers of the class handed out."),
+    ("pool", "frees", "arena_class_frees", "Buffers of the class given back."),
+    (
+        "pool",
+        "waits",
+        "arena_class_waits",
+        "Allocations of the class that had to wait, each counted once.",
+    ),
+    (
+        "pool",
+        "timeouts",
+        "arena_class_timeouts",
+        "Allocations of the class that gave up when their timeout elapsed.",
+    ),
+)
+_CLASS_GAUGES = (
+    (
+        "pool",
+        "outstanding",
+        "arena_class_outstanding",
+        "Buffers of the class out now.",
+    ),
+    ("pool", "min_nr", "arena_class_min_nr", "Buffers the class's reserve guarantees."),
+    ("pool", "curr_nr", "arena_class_curr_nr", "Buffers in the class's reserve now."),
+    (
+        "pool",
+        "waiters",
+        "arena_class_waiters",
+        "Tasks waiting in the arena for a buffer of the class now.",
+    ),
+    ("slab", "slabs", "arena_class_slabs", "Slabs of the class held now."),
+    (
+        "slab",
+        "bytes_reserved",
+        "arena_class_bytes_reserved",
+        "Bytes held in the class's slabs now.",
+    ),
+)
+
+# A pool or an arena created on the loop's thread while a scrape, on the
+# exporter's thread, walks named_pools() or named_arenas() makes that walk
+# fail ("Set changed size during iteration"), as does a buffer lent or freed
+# while an arena's stats() walks its books; so many fresh tries are made
+# before giving up.
 _WALKS = 8
 
+R = TypeVar("R")
 
-class _NamedPool(Protocol):
-    """What the collector needs of a pool: a name and a ``stats()``."""
+
+class _Exported(Protocol):
+    """What the collector needs of a pool or an arena: a name and a
+    ``stats()``."""
 
     @property
     def name(self) -> str | None: ...
 
-    def stats(self) -> MempoolStats: ...
+    def stats(self) -> MempoolStats | ArenaStats: ...
 
 
 def _bound_text(bound: float) -> str:
@@ -99,12 +176,14 @@ _LE = tuple(_bound_text(bound) for bound in WAIT_BUCKETS)
 
 
 class MempoolCollector(Collector):
-    """A prometheus-client collector of pools' ``stats()``.
+    """A prometheus-client collector of pools' and arenas' ``stats()``.
 
-    ``pools=None`` watches every live named pool (``named_pools()``), so
-    pools created after registration are exported too; otherwise the pools
-    given, each of which must have a name. The collector holds the pools it
-    was given, and nothing when it watches the named ones.
+    ``pools=None`` watches every live named pool (``named_pools()``) and
+    every live named ``BufferArena`` (``aiomempool.arena.named_arenas()``),
+    so those created after registration are exported too; otherwise the
+    pools and arenas given, mixed in one iterable as you like, each of
+    which must have a name. The collector holds what it was given, and
+    nothing when it watches the named ones.
 
     Exported, each series labelled ``pool``, each named after the field of
     ``MempoolStats`` it reads:
@@ -119,22 +198,44 @@ class MempoolCollector(Collector):
     - the histogram ``aiomempool_wait_seconds`` of the waits that ended with
       an element, with the bounds of ``WAIT_BUCKETS``.
 
-    ``collect()`` runs on the scraping thread and only reads the pools: a
-    scrape taken while the loop works may be off by the operations in
-    progress, never inconsistent in a way that lasts.
+    An arena is exported under those names as one pool of its name (its
+    ``ArenaStats.total``: every class added up), so a dashboard of pools
+    shows arenas too; and under families of its own:
+
+    - gauges labelled ``pool``, from ``ArenaStats``:
+      ``aiomempool_arena_max_bytes``, ``aiomempool_arena_headroom_bytes``,
+      ``aiomempool_arena_bytes_reserved``,
+      ``aiomempool_arena_high_water_bytes``,
+      ``aiomempool_arena_bytes_in_use``,
+      ``aiomempool_arena_bytes_requested``;
+    - per size class, labelled ``pool`` and ``size`` (the class's bytes),
+      the counters ``aiomempool_arena_class_allocs_total``,
+      ``..._frees_total``, ``..._waits_total``, ``..._timeouts_total`` and
+      the gauges ``aiomempool_arena_class_outstanding``, ``..._min_nr``,
+      ``..._curr_nr``, ``..._waiters``, ``..._slabs``,
+      ``..._bytes_reserved``.
+
+    Whatever shares a name is added up: pools and arenas in the families
+    they share, arenas in their own (the high water as the sum of each
+    one's), and classes of one size of arenas of one name.
+
+    ``collect()`` runs on the scraping thread and only reads the pools and
+    arenas: a scrape taken while the loop works may be off by the
+    operations in progress, never inconsistent in a way that lasts.
 
     Args:
-        pools (Iterable[Mempool] | None): The pools to export, each with a
-            name and a ``stats()`` (a ``Mempool`` of any kind), or None for
-            every live named pool.
+        pools (Iterable[Mempool | BufferArena] | None): The pools and arenas
+            to export, each with a name and a ``stats()`` (a ``Mempool`` of
+            any kind, a ``BufferArena``), or None for every live named pool
+            and arena.
 
     Raises:
-        ValueError: a pool given has no name.
+        ValueError: a pool or arena given has no name.
     """
 
-    def __init__(self, pools: Iterable[_NamedPool] | None = None) -> None:
+    def __init__(self, pools: Iterable[_Exported] | None = None) -> None:
         if pools is None:
-            self._pools: tuple[_NamedPool, ...] | None = None
+            self._pools: tuple[_Exported, ...] | None = None
             return
         self._pools = tuple(pools)
         for pool in self._pools:
@@ -149,9 +250,12 @@ class MempoolCollector(Collector):
         return list(_Families())
 
     def collect(self) -> Iterable[Metric]:
-        """Every metric family with one sample set per pool name."""
+        """Every metric family with one sample set per pool name (an
+        arena's name, too), and per class size of each arena name."""
         families = _Families()
-        for name, stats in _by_name(self._watched()):
+        pools, arenas = _snapshots(self._watched())
+        totals = pools + [arena.total for arena in arenas]
+        for name, stats in _by_name(totals):
             labels = [name]
             for counter, (field, _) in zip(families.counters, _COUNTERS, strict=True):
                 counter.add_metric(labels, sum(getattr(s, field) for s in stats))
@@ -162,17 +266,27 @@ class MempoolCollector(Collector):
             families.waits.add_metric(
                 labels, _cumulative(stats), sum(s.wait_sum_s for s in stats)
             )
+        for name, group in _by_name(arenas):
+            for gauge, (field, _, _) in zip(
+                families.arena_gauges, _ARENA_GAUGES, strict=True
+            ):
+                gauge.add_metric([name], sum(getattr(a, field) for a in group))
+            for size, classes in _by_size(group):
+                labels = [name, str(size)]
+                for family, (part, field, _, _) in zip(
+                    families.class_counters + families.class_gauges,
+                    _CLASS_COUNTERS + _CLASS_GAUGES,
+                    strict=True,
+                ):
+                    family.add_metric(
+                        labels, sum(getattr(getattr(c, part), field) for c in classes)
+                    )
         return list(families)
 
-    def _watched(self) -> Sequence[_NamedPool]:
+    def _watched(self) -> Sequence[_Exported]:
         if self._pools is not None:
             return self._pools
-        for _ in range(_WALKS - 1):
-            try:
-                return named_pools()
-            except RuntimeError:
-                continue
-        return named_pools()
+        return [*_retried(named_pools), *_retried(named_arenas)]
 
 
 class _Families:
@@ -190,21 +304,75 @@ class _Families:
         self.waits = HistogramMetricFamily(
             f"{PREFIX}_wait_seconds", _HISTOGRAM_HELP, labels=["pool"]
         )
+        self.arena_gauges = [
+            GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["pool"])
+            for _, name, text in _ARENA_GAUGES
+        ]
+        self.class_counters: list[CounterMetricFamily | GaugeMetricFamily] = [
+            CounterMetricFamily(f"{PREFIX}_{name}", text, labels=["pool", "size"])
+            for _, _, name, text in _CLASS_COUNTERS
+        ]
+        self.class_gauges: list[CounterMetricFamily | GaugeMetricFamily] = [
+            GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["pool", "size"])
+            for _, _, name, text in _CLASS_GAUGES
+        ]
 
     def __iter__(self) -> Iterator[Metric]:
         yield from self.counters
         yield from self.gauges
         yield self.waits
+        yield from self.arena_gauges
+        yield from self.class_counters
+        yield from self.class_gauges
 
 
-def _by_name(pools: Iterable[_NamedPool]) -> list[tuple[str, list[MempoolStats]]]:
-    """Snapshots grouped by pool name, in name order; unnamed pools, and
-    anything whose ``stats()`` is not a ``MempoolStats``, skipped."""
-    groups: dict[str, list[MempoolStats]] = {}
-    for pool in pools:
-        stats = pool.stats()
-        if isinstance(stats, MempoolStats) and stats.name is not None:
+def _retried(read: Callable[[], R]) -> R:
+    """``read()``, tried again while it fails with the RuntimeError of a
+    set or dict changed by the loop's thread meanwhile; the last try's
+    error is raised."""
+    for _ in range(_WALKS - 1):
+        try:
+            return read()
+        except RuntimeError:
+            continue
+    return read()
+
+
+def _snapshots(
+    watched: Iterable[_Exported],
+) -> tuple[list[MempoolStats], list[ArenaStats]]:
+    """The snapshots of pools and of arenas, apart; anything whose
+    ``stats()`` is neither a ``MempoolStats`` nor an ``ArenaStats`` is
+    skipped."""
+    pools: list[MempoolStats] = []
+    arenas: list[ArenaStats] = []
+    for pool in watched:
+        stats = _retried(pool.stats)
+        if isinstance(stats, MempoolStats):
+            pools.append(stats)
+        elif isinstance(stats, ArenaStats):
+            arenas.append(stats)
+    return pools, arenas
+
+
+S = TypeVar("S", MempoolStats, ArenaStats)
+
+
+def _by_name(snapshots: Iterable[S]) -> list[tuple[str, list[S]]]:
+    """Snapshots grouped by name, in name order; unnamed ones skipped."""
+    groups: dict[str, list[S]] = {}
+    for stats in snapshots:
+        if stats.name is not None:
             groups.setdefault(stats.name, []).append(stats)
+    return sorted(groups.items())
+
+
+def _by_size(arenas: Iterable[ArenaStats]) -> list[tuple[int, list[SizeClassStats]]]:
+    """The classes of ``arenas`` grouped by size, smallest first."""
+    groups: dict[int, list[SizeClassStats]] = {}
+    for arena in arenas:
+        for size_class in arena.classes:
+            groups.setdefault(size_class.size, []).append(size_class)
     return sorted(groups.items())
 
 
