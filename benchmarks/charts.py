@@ -26,8 +26,8 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from benchmarks.cases import AIOMEMPOOL, ELEMENTS
 from benchmarks.harness import Config
-from benchmarks.report import num, read_json
-from benchmarks.results import GroupResult, HandoffRow, Run
+from benchmarks.report import num, read_json, waste_line
+from benchmarks.results import SPREAD_KEY, GroupResult, HandoffRow, Run
 
 LOOP_COLORS = {"asyncio": "#4c72b0", "uvloop": "#dd8452"}
 AIOMEMPOOL_COLOR = "#2a7a2a"
@@ -555,7 +555,7 @@ def draw(run: Run, out: Path, handoff_title: str) -> list[Path]:
         _groups_chart(
             run,
             buffer_keys,
-            "Buffers: bytearray(n), a Queue of buffers, buffer_pool",
+            "Buffers: bytearray(n), a Queue, buffer_pool, buffer_arena",
             out / "buffers.png",
         ),
         _handoff_chart(run, handoff_title, out / "handoff.png"),
@@ -577,7 +577,8 @@ def _cell(value: float | None, ratio: float | None, status: str) -> str:
 
 
 def _group_tables(run: Run) -> list[str]:
-    """A table per group: a row per implementation, a column per loop."""
+    """A table per group: a row per implementation, a column per loop (and
+    under the spread's, what rounding up to the arena's classes wastes)."""
     lines = []
     for g, group in enumerate(run.loops[0].groups):
         lines += [
@@ -594,6 +595,8 @@ def _group_tables(run: Run) -> list[str]:
                 cells.append(_cell(mine.median, other.ratio(mine), mine.status))
             lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
         lines.append("")
+        if group.key == SPREAD_KEY and run.arena_waste:
+            lines += [waste_line(run.arena_waste) + ".", ""]
     return lines
 
 

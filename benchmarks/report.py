@@ -16,6 +16,17 @@ def num(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def waste_line(w: dict[str, Any]) -> str:
+    """``benchmarks.arena.waste()`` in one line, for the terminal and the page."""
+    return (
+        f"Waste per allocation over the spread ({w['sizes']:,} sizes, "
+        f"{w['min_bytes']} B to {w['max_bytes'] >> 20} MiB, seed {w['seed']}; "
+        f"{w['classes']} classes): of the slot, mean {w['mean_of_slot']:.1%}, "
+        f"worst {w['worst_of_slot']:.1%}; relative to n, mean "
+        f"{w['mean_of_request']:.1%}; of all bytes handed out, {w['of_bytes']:.1%}"
+    )
+
+
 def _width(labels: list[str]) -> int:
     return max([len(x) for x in labels] + [30]) + 2
 
@@ -166,4 +177,5 @@ def read_json(path: Path) -> Run:
         loops,
         servers=data.get("servers"),
         seconds=data["seconds"],
+        arena_waste=data.get("arena_waste"),
     )

@@ -24,6 +24,17 @@ SEMAPHORE = "asyncio.Semaphore + list"
 CONDITION = "asyncio.Condition + list"
 
 
+# The group of a spread of sizes (benchmarks/arena.py): its key and labels.
+SPREAD_KEY = "buffers-spread"
+SPREAD_BYTEARRAY_LABEL = "bytearray(n)"
+SPREAD_QUEUE_LABEL = "asyncio.Queue of bytearray(65536), one size for every n"
+SPREAD_CLASS_POOLS_LABEL = (
+    "hand-rolled: a buffer_pool per class, alloc_nowait() + free()"
+)
+ARENA_NOWAIT_LABEL = "aiomempool buffer_arena alloc_nowait(n) + free()"
+ARENA_ALLOC_LABEL = "aiomempool buffer_arena await alloc(n) + free()"
+
+
 def bytearray_label(size: int) -> str:
     return f"bytearray({size})"
 
@@ -122,8 +133,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def targets(loop: LoopResult, buffer_sizes: tuple[int, ...]) -> list[Target]:
-    """The speed targets of the core and buffers issues, on one loop."""
+def targets(
+    loop: LoopResult, buffer_sizes: tuple[int, ...], spread_key: str | None = None
+) -> list[Target]:
+    """The speed targets of the core, buffers and arena issues, on one loop
+    (the arena's from the group ``spread_key``, if given)."""
 
     def uncontended(group: str, ours: str, theirs: str) -> float | None:
         g = loop.group(group)
@@ -193,6 +207,24 @@ def targets(loop: LoopResult, buffer_sizes: tuple[int, ...]) -> list[Target]:
                 False,
             )
         )
+    if spread_key is not None:
+        # The arena issue: over a spread of sizes, at least 10 times faster
+        # than bytearray(n); awaited, at most 0.8 times the Queue pool of one
+        # size (64 KiB bytearrays, 64 in flight).
+        specs += [
+            (
+                "arena alloc_nowait(n) + free() / bytearray(n), over the spread",
+                uncontended(spread_key, ARENA_NOWAIT_LABEL, SPREAD_BYTEARRAY_LABEL),
+                0.1,
+                False,
+            ),
+            (
+                "arena await alloc(n) + free() / Queue of 64 KiB buffers (one size)",
+                uncontended(spread_key, ARENA_ALLOC_LABEL, SPREAD_QUEUE_LABEL),
+                0.8,
+                False,
+            ),
+        ]
     return [Target(loop.name, *spec) for spec in specs]
 
 
@@ -279,6 +311,9 @@ class Run:
     closest: list[Closest] = field(default_factory=list)
     servers: dict[str, Any] | None = None
     seconds: float = 0.0
+    #: What rounding up to the arena's classes wastes over the spread of
+    #: sizes (``benchmarks.arena.waste()``).
+    arena_waste: dict[str, Any] | None = None
 
 
 def _cpu_model() -> str:

@@ -8,14 +8,18 @@ Measured in one run, on each loop, every group interleaved (see harness):
 * awaited cycles, nobody waiting: the hand-rolled pools (``asyncio.Queue``,
   ``asyncio.Semaphore`` + list, ``asyncio.Condition`` + list), ``await
   alloc()`` + ``free()``, ``async with element()``, and the libraries;
-* buffers of 4 KiB and 64 KiB with 64 in flight: ``bytearray(n)``, an
-  ``asyncio.Queue`` of them, and ``buffer_pool`` where this version has it;
+* buffers of 4 KiB, 64 KiB and 256 KiB with 64 in flight: ``bytearray(n)``,
+  an ``asyncio.Queue`` of them, and ``buffer_pool`` where this version has it;
+* buffers of a seeded spread of sizes, 64 B to 1 MiB, 64 in flight
+  (``benchmarks/arena.py``): ``bytearray(n)``, a Queue of 64 KiB buffers, a
+  ``buffer_pool`` per size class, and ``buffer_arena``;
 * contended hand-off: 1,000 tasks share 16 elements, each looping take,
   ``await asyncio.sleep(0)``, give back; cycles per second over the run and
   how long each take waited (p50, p99, max).
 
-Then the targets of the project's issues, PASS or MISS. A full run writes
-``results.json``, the charts and the page's table into
+Once per run, what rounding up to the arena's classes wastes over the
+spread; then the targets of the project's issues, PASS or MISS. A full run
+writes ``results.json``, the charts and the page's table into
 ``docs/assets/benchmarks/``; ``--quick`` writes nothing there (only where
 ``--out`` says). ``--servers`` adds the server figures, from
 ``benchmarks/servers.py`` (its ``run(quick)``
@@ -35,7 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import handrolled, libraries, mempools, report
+from benchmarks import arena, handrolled, libraries, mempools, report
 from benchmarks import results as res
 from benchmarks.cases import (
     AIOMEMPOOL,
@@ -127,6 +131,29 @@ def groups(libs: list[libraries.Loaded]) -> list[Group]:
                 ],
             )
         )
+    out.append(
+        Group(
+            arena.GROUP_KEY,
+            arena.GROUP_TITLE,
+            "ns/cycle",
+            res.SPREAD_BYTEARRAY_LABEL,
+            [
+                Case(res.SPREAD_BYTEARRAY_LABEL, NO_POOL, arena.bytearray_cycle()),
+                Case(
+                    res.SPREAD_QUEUE_LABEL,
+                    HAND_ROLLED,
+                    handrolled.queue_buffer_cycle(arena.QUEUE_SIZE),
+                ),
+                Case(
+                    res.SPREAD_CLASS_POOLS_LABEL,
+                    HAND_ROLLED,
+                    arena.class_pools_cycle(),
+                ),
+                Case(res.ARENA_NOWAIT_LABEL, AIOMEMPOOL, arena.arena_nowait_cycle()),
+                Case(res.ARENA_ALLOC_LABEL, AIOMEMPOOL, arena.arena_alloc_cycle()),
+            ],
+        )
+    )
     return out
 
 
@@ -252,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     libs = libraries.load()
     run = res.Run(mode, cfg, res.machine(), versions(libs))
     report.print_header(run)
+    run.arena_waste = arena.waste()
+    print(report.waste_line(run.arena_waste))
     all_groups, all_contenders = groups(libs), contenders(libs)
     handoff_title = (
         f"Contended hand-off: {cfg.tasks:,} tasks share {ELEMENTS} elements "
@@ -261,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         loop = measure_loop(name, factory, cfg, all_groups, all_contenders)
         report.print_loop(loop, handoff_title)
         run.loops.append(loop)
-        run.targets += res.targets(loop, BUFFER_SIZES)
+        run.targets += res.targets(loop, BUFFER_SIZES, arena.GROUP_KEY)
         run.closest += res.closest(loop)
     if args.servers:
         run.servers = _servers(args.quick)

@@ -43,7 +43,10 @@ class PublicAPI(griffe.Extension):
         exports = obj.exports if isinstance(obj, griffe.Module) else None
         for member in obj.members.values():
             if exports is not None and member.name not in exports:
-                if isinstance(member, griffe.Module):
+                # A private module (_budget, _leaks) is never rendered:
+                # every public name is defined in a public module.
+                public = not member.name.startswith("_")
+                if isinstance(member, griffe.Module) and public:
                     self._walk(member)
                 continue
             if member.is_alias or member.name.startswith("_"):

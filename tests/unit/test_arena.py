@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import random
 
@@ -55,7 +56,7 @@ def test_the_default_classes_run_from_256_bytes_to_1_mib_four_per_doubling() -> 
     classes = default_classes()
     assert classes[0] == 256 and classes[-1] == MIB and len(classes) == 49
     assert classes[:6] == (256, 320, 384, 448, 512, 640)
-    for smaller, larger in zip(classes, classes[1:], strict=False):
+    for smaller, larger in itertools.pairwise(classes):
         assert (larger - smaller) / larger <= 0.2
 
 
@@ -336,7 +337,7 @@ async def test_a_waiter_that_times_out_lets_those_behind_it_go() -> None:
     arena.free(held.pop())  # a 4 KiB buffer: not enough for the first
     await asyncio.sleep(0)
     assert not small.done()  # behind the first, who cannot be served
-    with pytest.raises(AllocTimeoutError, match="no buffer within 0.05 s"):
+    with pytest.raises(AllocTimeoutError, match=r"no buffer within 0\.05 s"):
         await big
     view = await asyncio.wait_for(small, TIMEOUT)
     assert arena.stats().classes[2].pool.timeouts == 1

@@ -1,8 +1,9 @@
-"""The Prometheus collector: what a scrape of named pools shows."""
+"""The Prometheus collector: what a scrape of named pools and arenas shows."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import math
 import sys
@@ -12,7 +13,16 @@ from helpers import Backing, settle
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from aiomempool import WAIT_BUCKETS, AllocTimeoutError, named_pools
+from aiomempool import (
+    GFP,
+    WAIT_BUCKETS,
+    AllocTimeoutError,
+    ArenaStats,
+    BufferArena,
+    buffer_arena,
+    named_pools,
+)
+from aiomempool.arena import named_arenas
 from aiomempool.metrics import MempoolCollector
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -109,7 +119,8 @@ def test_only_named_pools_are_exported_and_alike_names_add_up() -> None:
     assert value(samples, "outstanding", "metrics-shared") == 1
     assert value(samples, "min_nr", "metrics-solo") == 1
     exported = {dict(labels)["pool"] for (_, labels) in samples}
-    assert exported == {pool.name for pool in named_pools()}
+    live = [*named_pools(), *named_arenas()]
+    assert exported == {pool.name for pool in live}
     assert {"metrics-shared", "metrics-solo"} <= exported
     assert unnamed not in named_pools() and solo in named_pools()
 
@@ -163,3 +174,225 @@ def test_a_scrape_walks_the_named_pools_again_if_a_pool_is_made_meanwhile(
     samples = scrape(MempoolCollector())
     assert value(samples, "min_nr", "metrics-walk") == 2
     assert len(walks) == 2
+
+
+# -- arenas ---------------------------------------------------------------
+
+#: Three classes; four slabs of 64 KiB: the three reserves' and one more.
+ARENA_CLASSES = (256, 4096, 65536)
+ARENA_BYTES = 4 * 65536
+
+
+def small_arena(name: str | None) -> BufferArena:
+    return buffer_arena(
+        ARENA_BYTES, classes=ARENA_CLASSES, headroom=0, trim_after=None, name=name
+    )
+
+
+def arena_names(samples: Samples) -> set[str]:
+    return {dict(labels)["pool"] for (_, labels) in samples}
+
+
+def check_arena(samples: Samples, stats: ArenaStats) -> None:
+    """Every series of an arena says what its stats() says."""
+    name = stats.name
+    assert name is not None
+    for field in ("allocs", "frees", "reserve_hits", "waits", "timeouts"):
+        assert value(samples, f"{field}_total", name) == getattr(stats.total, field)
+    for field in ("min_nr", "curr_nr", "outstanding", "waiters"):
+        assert value(samples, field, name) == getattr(stats.total, field)
+    assert value(samples, "wait_seconds_count", name) == sum(stats.total.wait_counts)
+    for field in (
+        "max_bytes",
+        "headroom_bytes",
+        "bytes_reserved",
+        "high_water_bytes",
+        "bytes_in_use",
+        "bytes_requested",
+    ):
+        assert value(samples, f"arena_{field}", name) == getattr(stats, field)
+    for c in stats.classes:
+        size = str(c.size)
+        for field in ("allocs", "frees", "waits", "timeouts"):
+            got = value(samples, f"arena_class_{field}_total", name, size=size)
+            assert got == getattr(c.pool, field)
+        for field in ("outstanding", "min_nr", "curr_nr", "waiters"):
+            got = value(samples, f"arena_class_{field}", name, size=size)
+            assert got == getattr(c.pool, field)
+        for field in ("slabs", "bytes_reserved"):
+            got = value(samples, f"arena_class_{field}", name, size=size)
+            assert got == getattr(c.slab, field)
+
+
+@pytest.mark.asyncio
+async def test_a_scrape_shows_a_named_arenas_totals_budget_and_classes() -> None:
+    arena = small_arena("metrics-arena")
+    collector = MempoolCollector()  # every live named pool and arena
+    small = await arena.alloc(300)  # a slice of a 4096-byte slot
+    tiny = arena.alloc_nowait(256)
+    assert tiny is not None
+    # The fourth slab, then the class's reserve: the budget is spent.
+    big = [await arena.alloc(65536), await arena.alloc(65536)]
+    waiter = asyncio.ensure_future(arena.alloc(65536))
+    await settle()
+
+    parked = scrape(collector)
+    check_arena(parked, arena.stats())
+    assert value(parked, "arena_max_bytes", "metrics-arena") == ARENA_BYTES
+    assert value(parked, "arena_headroom_bytes", "metrics-arena") == 0
+    assert value(parked, "arena_bytes_reserved", "metrics-arena") == ARENA_BYTES
+    in_use = 4096 + 256 + 2 * 65536
+    assert value(parked, "arena_bytes_in_use", "metrics-arena") == in_use
+    requested = 300 + 256 + 2 * 65536
+    assert value(parked, "arena_bytes_requested", "metrics-arena") == requested
+    assert value(parked, "waiters", "metrics-arena") == 1
+    assert value(parked, "outstanding", "metrics-arena") == 4
+    assert value(parked, "arena_class_waiters", "metrics-arena", size="65536") == 1
+    assert value(parked, "arena_class_waiters", "metrics-arena", size="256") == 0
+    assert value(parked, "arena_class_curr_nr", "metrics-arena", size="65536") == 0
+    assert value(parked, "arena_class_outstanding", "metrics-arena", size="4096") == 1
+
+    await asyncio.sleep(0.002)
+    arena.free(big.pop())  # to the waiter
+    big.append(await waiter)
+    with pytest.raises(AllocTimeoutError):
+        await arena.alloc(65536, GFP.DIRECT_RECLAIM | GFP.NOWARN, timeout=0.001)
+    arena.free_bulk([*big, small, tiny])
+
+    samples = scrape(collector)
+    stats = arena.stats()
+    check_arena(samples, stats)
+    per_class = {
+        size: (
+            value(samples, "arena_class_allocs_total", "metrics-arena", size=size),
+            value(samples, "arena_class_frees_total", "metrics-arena", size=size),
+            value(samples, "arena_class_waits_total", "metrics-arena", size=size),
+            value(samples, "arena_class_timeouts_total", "metrics-arena", size=size),
+        )
+        for size in ("256", "4096", "65536")
+    }
+    assert per_class == {
+        "256": (1, 1, 0, 0),
+        "4096": (1, 1, 0, 0),
+        "65536": (3, 3, 2, 1),
+    }
+    assert value(samples, "allocs_total", "metrics-arena") == 5
+    assert value(samples, "waits_total", "metrics-arena") == 2
+    assert value(samples, "timeouts_total", "metrics-arena") == 1
+    assert value(samples, "wait_seconds_count", "metrics-arena") == 1
+    assert value(samples, "max_wait_seconds", "metrics-arena") > 0
+    assert value(samples, "min_nr", "metrics-arena") == 3
+    assert value(samples, "curr_nr", "metrics-arena") == 3
+    assert value(samples, "outstanding", "metrics-arena") == 0
+    assert value(samples, "arena_bytes_in_use", "metrics-arena") == 0
+    assert value(samples, "arena_high_water_bytes", "metrics-arena") == ARENA_BYTES
+    assert value(samples, "arena_class_slabs", "metrics-arena", size="65536") == 2
+    got = value(samples, "arena_class_bytes_reserved", "metrics-arena", size="65536")
+    assert got == 2 * 65536
+    # The class pools are the arena's: no series of their own.
+    assert {n for n in arena_names(samples) if n.startswith("metrics-arena")} == {
+        "metrics-arena"
+    }
+    arena.close()
+
+
+def test_an_unnamed_arena_is_not_exported_and_cannot_be_given() -> None:
+    arena = small_arena(None)
+    arena.free(arena.alloc_nowait(1000))
+    samples = scrape(MempoolCollector(), auto_describe=True)
+    live = {a.name for a in named_arenas()} | {p.name for p in named_pools()}
+    assert arena_names(samples) == live
+    assert arena not in named_arenas()
+    with pytest.raises(ValueError, match="must be named"):
+        MempoolCollector([arena])
+    arena.close()
+
+
+def test_a_closed_and_dropped_arena_disappears_from_the_scrape() -> None:
+    arena = small_arena("metrics-dropped")
+    arena.free(arena.alloc_nowait(1000))
+    collector = MempoolCollector()
+    assert value(scrape(collector), "allocs_total", "metrics-dropped") == 1
+    arena.close()
+    del arena
+    gc.collect()
+    samples = scrape(collector)
+    assert "metrics-dropped" not in arena_names(samples)
+
+
+def test_a_collector_given_pools_and_arenas_exports_those_only() -> None:
+    pool = Backing().pool(2, name="metrics-given-pool")
+    arena = small_arena("metrics-given-arena")
+    other = small_arena("metrics-other-arena")
+    samples = scrape(MempoolCollector([pool, arena]))
+    assert arena_names(samples) == {"metrics-given-pool", "metrics-given-arena"}
+    assert value(samples, "min_nr", "metrics-given-pool") == 2
+    assert value(samples, "arena_max_bytes", "metrics-given-arena") == ARENA_BYTES
+    # A pool's name has no arena series.
+    assert ("aiomempool_arena_max_bytes", (("pool", "metrics-given-pool"),)) not in (
+        samples
+    )
+    arena.close()
+    other.close()
+
+
+def test_arenas_of_one_name_add_up_and_so_does_a_pool_of_that_name() -> None:
+    one = small_arena("metrics-twins")
+    two = small_arena("metrics-twins")
+    pool = Backing().pool(2, name="metrics-twins")
+    one.free(one.alloc_nowait(1000))
+    held = two.alloc_nowait(1000)
+    samples = scrape(MempoolCollector([one, two, pool]))
+    assert value(samples, "arena_max_bytes", "metrics-twins") == 2 * ARENA_BYTES
+    assert value(samples, "arena_bytes_in_use", "metrics-twins") == 4096
+    got = value(samples, "arena_class_allocs_total", "metrics-twins", size="4096")
+    assert got == 2
+    got = value(samples, "arena_class_min_nr", "metrics-twins", size="256")
+    assert got == 2
+    # The families pools and arenas share add up the three of them.
+    assert value(samples, "min_nr", "metrics-twins") == 3 + 3 + 2
+    assert value(samples, "outstanding", "metrics-twins") == 1
+    two.free(held)
+    one.close()
+    two.close()
+
+
+def test_a_scrape_walks_the_named_arenas_again_if_one_is_made_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arena = small_arena("metrics-arena-walk")
+    walks = []
+
+    def racing_named_arenas() -> list[BufferArena]:
+        walks.append(1)
+        if len(walks) == 1:
+            raise RuntimeError("Set changed size during iteration")
+        return [arena]
+
+    monkeypatch.setattr("aiomempool.metrics.named_arenas", racing_named_arenas)
+    samples = scrape(MempoolCollector())
+    assert value(samples, "arena_max_bytes", "metrics-arena-walk") == ARENA_BYTES
+    assert len(walks) == 2
+    arena.close()
+
+
+def test_a_scrape_reads_an_arena_again_if_its_books_change_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A buffer lent or freed on the loop's thread while the exporter's
+    # thread reads the arena's books makes stats() fail: it is read again.
+    arena = small_arena("metrics-arena-books")
+    reads = []
+    stats = BufferArena.stats
+
+    def racing_stats(self: BufferArena) -> ArenaStats:
+        reads.append(1)
+        if len(reads) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return stats(self)
+
+    monkeypatch.setattr(BufferArena, "stats", racing_stats)
+    samples = scrape(MempoolCollector([arena]))
+    assert value(samples, "arena_max_bytes", "metrics-arena-books") == ARENA_BYTES
+    assert len(reads) == 2
+    arena.close()
