@@ -1,0 +1,255 @@
+"""Buffers of a spread of sizes: ``buffer_arena`` against what users do instead.
+
+Every case cycles over the same seeded list of sizes (``spread()``:
+``SPREAD_COUNT`` sizes, log-uniform between ``SPREAD_MIN`` and
+``SPREAD_MAX``), ``IN_FLIGHT`` buffers held at once as in the other buffer
+groups: each cycle takes a buffer of the next size and gives back the one
+taken ``IN_FLIGHT`` cycles before.
+
+* ``bytearray(n)``: no pool, the reference;
+* an ``asyncio.Queue`` of ``bytearray(65536)``, the pool of one size that
+  users write (``handrolled.queue_buffer_cycle``): it ignores ``n``, and
+  would not hold the requests above 64 KiB;
+* one ``buffer_pool`` per size class, built up front, each request routed by
+  ``arena.good_size(n)``: what a user hand-rolls instead of the arena;
+* ``buffer_arena``: ``alloc_nowait(n)`` + ``free()``, and ``await alloc(n)``
+  + ``free()``.
+
+The pools and the arena are built by each batch, outside the clock, and
+warmed up with one pass over the whole list (so that the clock sees the
+steady state of a server that has run for a while, every class holding the
+slabs it needs); at the end of each batch every buffer is freed, the counts
+are checked (every allocation served, nothing out) and everything closed.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from collections.abc import Callable, Iterator
+from time import perf_counter_ns
+from typing import Any
+
+import aiomempool
+from aiomempool.arena import ARENA_SLAB_BYTES
+from benchmarks.cases import IN_FLIGHT
+from benchmarks.harness import Batch
+from benchmarks.results import SPREAD_KEY
+
+GROUP_KEY = SPREAD_KEY
+
+#: The spread: how many sizes, their bounds and the seed of their draw.
+SPREAD_COUNT = 4096
+SPREAD_MIN = 64
+SPREAD_MAX = 1 << 20
+SPREAD_SEED = 11
+#: The arena's budget: room for ``IN_FLIGHT`` buffers of any sizes of the
+#: spread, and every class's slabs of the steady state.
+ARENA_BYTES = 256 << 20
+#: The buffers of the one-size Queue pool.
+QUEUE_SIZE = 65536
+#: A class pool's bound: every buffer in flight could be of its class.
+CLASS_MAX_NR = 2 * IN_FLIGHT
+
+GROUP_TITLE = (
+    f"Buffers of a spread of sizes (64 B to 1 MiB, seeded), {IN_FLIGHT} in flight"
+)
+
+
+@functools.cache
+def spread() -> tuple[int, ...]:
+    """The sizes every case cycles over: log-uniform from ``SPREAD_MIN`` to
+    ``SPREAD_MAX`` bytes, drawn with ``random.Random(SPREAD_SEED)``."""
+    rng = random.Random(SPREAD_SEED)
+    lo, hi = SPREAD_MIN.bit_length() - 1, SPREAD_MAX.bit_length() - 1
+    return tuple(
+        min(SPREAD_MAX, max(SPREAD_MIN, round(2 ** rng.uniform(lo, hi))))
+        for _ in range(SPREAD_COUNT)
+    )
+
+
+def new_arena(**options: Any) -> aiomempool.BufferArena:
+    """The arena of the cases: the default classes, ``ARENA_BYTES``."""
+    return aiomempool.buffer_arena(ARENA_BYTES, **options)
+
+
+def waste() -> dict[str, Any]:
+    """What rounding up to a class costs over the spread: per allocation,
+    ``(good_size(n) - n) / good_size(n)`` (mean and worst) and ``(good_size(n)
+    - n) / n`` (mean); and of all the bytes handed out, the share unasked."""
+    arena = new_arena(trim_after=None)
+    try:
+        sizes = spread()
+        slots = [arena.good_size(n) for n in sizes]
+    finally:
+        arena.close()
+    of_slot = [(g - n) / g for n, g in zip(sizes, slots, strict=True)]
+    of_request = [(g - n) / n for n, g in zip(sizes, slots, strict=True)]
+    return {
+        "sizes": len(sizes),
+        "min_bytes": SPREAD_MIN,
+        "max_bytes": SPREAD_MAX,
+        "seed": SPREAD_SEED,
+        "mean_request_bytes": sum(sizes) / len(sizes),
+        "classes": len(arena.classes),
+        "mean_of_slot": sum(of_slot) / len(of_slot),
+        "worst_of_slot": max(of_slot),
+        "mean_of_request": sum(of_request) / len(of_request),
+        "of_bytes": 1 - sum(sizes) / sum(slots),
+    }
+
+
+def _check(what: str, allocs: int, frees: int, outstanding: int, want: int) -> None:
+    if (allocs, frees, outstanding) != (want, want, 0):
+        raise RuntimeError(
+            f"{what}: {allocs} allocations, {frees} frees, {outstanding} out; "
+            f"wanted {want}, {want}, 0"
+        )
+
+
+# -- the cases ---------------------------------------------------------------
+
+
+def bytearray_cycle() -> Batch:
+    """``bytearray(n)`` over the spread with ``IN_FLIGHT`` alive: no pool."""
+
+    async def batch(n: int) -> float:
+        sizes = itertools.cycle(spread())
+        ring = [bytearray(next(sizes)) for _ in range(IN_FLIGHT)]
+        start = perf_counter_ns()
+        for i, size in zip(range(n), sizes, strict=False):
+            ring[i % IN_FLIGHT] = bytearray(size)
+        return (perf_counter_ns() - start) / n
+
+    return batch
+
+
+def class_pools_cycle() -> Batch:
+    """A ``buffer_pool`` per class of the arena, ``alloc_nowait()`` +
+    ``free()`` through the one ``arena.good_size(n)`` names: the hand-rolled
+    arena. Each pool has the arena's slab geometry and a reserve of one."""
+
+    async def batch(n: int) -> float:
+        sizer = new_arena(trim_after=None)
+        pools = {
+            size: aiomempool.buffer_pool(
+                size,
+                min_nr=1,
+                max_nr=CLASS_MAX_NR,
+                objects_per_slab=max(1, ARENA_SLAB_BYTES // size),
+            )
+            for size in sizer.classes
+        }
+        good_size = sizer.good_size
+        # Each buffer beside the pool it goes back to, as a user keeps them.
+        ring: list[tuple[Any, memoryview | None]] = []
+        try:
+            sizes = itertools.cycle(spread())
+            for _ in range(IN_FLIGHT):
+                pool = pools[good_size(next(sizes))]
+                ring.append((pool, pool.alloc_nowait()))
+            for i, size in zip(range(SPREAD_COUNT), sizes, strict=False):  # the warm-up
+                pool = pools[good_size(size)]
+                x = pool.alloc_nowait()
+                k = i % IN_FLIGHT
+                old, view = ring[k]
+                old.free(view)
+                ring[k] = (pool, x)
+            start = perf_counter_ns()
+            for i, size in zip(range(n), sizes, strict=False):
+                pool = pools[good_size(size)]
+                x = pool.alloc_nowait()
+                k = i % IN_FLIGHT
+                old, view = ring[k]
+                old.free(view)
+                ring[k] = (pool, x)
+            elapsed = perf_counter_ns() - start
+            for old, view in ring:
+                old.free(view)
+            ring.clear()
+            totals = [p.stats() for p in pools.values()]
+            _check(
+                "buffer_pool per class",
+                sum(s.allocs for s in totals),
+                sum(s.frees for s in totals),
+                sum(s.outstanding for s in totals),
+                IN_FLIGHT + SPREAD_COUNT + n,
+            )
+            return elapsed / n
+        finally:
+            for old, view in ring:
+                old.free(view)
+            for pool in pools.values():
+                pool.close()
+            sizer.close()
+
+    return batch
+
+
+def _arena_batch(
+    timed: Callable[[aiomempool.BufferArena, list[Any], Iterator[int], int], Any],
+) -> Batch:
+    """A batch through a new arena: ``IN_FLIGHT`` out, one warm-up pass over
+    the spread, then ``await timed(arena, ring, sizes, n)``, which returns
+    nanoseconds; then every buffer back, the counts checked, the arena
+    closed."""
+
+    async def batch(n: int) -> float:
+        arena = new_arena()
+        ring: list[Any] = []
+        try:
+            sizes = itertools.cycle(spread())
+            ring += [arena.alloc_nowait(next(sizes)) for _ in range(IN_FLIGHT)]
+            await timed(arena, ring, sizes, SPREAD_COUNT)  # the warm-up
+            elapsed: float = await timed(arena, ring, sizes, n)
+            arena.free_bulk(ring)
+            ring.clear()
+            total = arena.stats().total
+            _check(
+                "buffer_arena",
+                total.allocs,
+                total.frees,
+                total.outstanding,
+                IN_FLIGHT + SPREAD_COUNT + n,
+            )
+            return elapsed / n
+        finally:
+            arena.free_bulk(ring)
+            arena.close()
+
+    return batch
+
+
+def arena_nowait_cycle() -> Batch:
+    """``arena.alloc_nowait(n)`` + ``arena.free()`` over the spread."""
+
+    async def timed(
+        arena: aiomempool.BufferArena, ring: list[Any], sizes: Iterator[int], n: int
+    ) -> int:
+        start = perf_counter_ns()
+        for i, size in zip(range(n), sizes, strict=False):
+            x = arena.alloc_nowait(size)
+            k = i % IN_FLIGHT
+            arena.free(ring[k])
+            ring[k] = x
+        return perf_counter_ns() - start
+
+    return _arena_batch(timed)
+
+
+def arena_alloc_cycle() -> Batch:
+    """``await arena.alloc(n)`` + ``arena.free()`` over the spread."""
+
+    async def timed(
+        arena: aiomempool.BufferArena, ring: list[Any], sizes: Iterator[int], n: int
+    ) -> int:
+        start = perf_counter_ns()
+        for i, size in zip(range(n), sizes, strict=False):
+            x = await arena.alloc(size)
+            k = i % IN_FLIGHT
+            arena.free(ring[k])
+            ring[k] = x
+        return perf_counter_ns() - start
+
+    return _arena_batch(timed)
