@@ -491,9 +491,22 @@ class BufferArena:
             if pool is None:
                 k = self._step(nbytes)  # raises, or a size past the table
                 pool = self._pool_at[k]
-            view = pool.alloc_nowait(gfp_mask)
-            if view is None:
-                return None
+            # SlabPool.alloc_nowait()'s own fast path, inlined (the fields
+            # it touches are listed where SlabCache defines them); a class
+            # cache has no object limit: the budget bounds it, at growth.
+            free = pool._slab_free
+            if free and not pool._gate:
+                cache = pool._allocator
+                out = cache._nr_objects - len(free)
+                view = free.pop()
+                pool._out.add(id(view))
+                if out >= cache._high_water:
+                    cache._high_water = out + 1
+                pool._allocs += 1
+            else:
+                view = pool.alloc_nowait(gfp_mask)
+                if view is None:
+                    return None
             if self._samplers is not None:
                 self._countdown -= 1
                 if self._countdown <= 0:
@@ -797,7 +810,17 @@ class BufferArena:
         """
         entry = self._lent.pop(id(view), None)
         if entry is not None:
-            entry[2].free(entry[1])
+            pool = entry[2]
+            if pool._gate or pool._zeros is not None:
+                pool.free(entry[1])
+            else:
+                # SlabPool.free()'s fast path, inlined as in alloc_nowait():
+                # the slot is out with its pool, as it was lent.
+                slot = entry[1]
+                pool._out.remove(id(slot))
+                pool._slab_free.append(slot)
+                pool._allocator._frees += 1
+                pool._frees += 1
         elif view is not None:
             self._free_slot(view)
         if self._gate and self._line.nparked:

@@ -253,7 +253,9 @@ class SlabCache:
         # itself, a declared contract: _free (pop, append; never replaced),
         # _nr_objects, _limit (read), _high_water, _frees (+1 per free);
         # and the methods _pop_free() and _push_free(). Whoever changes
-        # their meaning changes SlabPool.alloc() and free() with them.
+        # their meaning changes SlabPool.alloc() and free() with them, and
+        # BufferArena.alloc_nowait() and free() (arena.py), which inline
+        # SlabPool's fast paths on the same fields.
         self._free: list[memoryview] = []
         self._busy: set[int] = set()
         self._slots: dict[int, tuple[_Slab, int]] = {}
