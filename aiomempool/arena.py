@@ -504,9 +504,10 @@ class BufferArena:
                     cache._high_water = out + 1
                 pool._allocs += 1
             else:
-                view = pool.alloc_nowait(gfp_mask)
-                if view is None:
+                got = pool.alloc_nowait(gfp_mask)
+                if got is None:
                     return None
+                view = got
             if self._samplers is not None:
                 self._countdown -= 1
                 if self._countdown <= 0:
