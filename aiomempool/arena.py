@@ -529,9 +529,9 @@ class BufferArena:
             raise PoolClosedError(f"{self!r}: alloc_nowait() on a closed arena")
         pool = self._pool_at[k]
         if not self._line.has_live():
-            got = self._take(pool, 1, mask)
-            if got is not None:
-                return self._lend(pool, got[0], nbytes)
+            slots = self._take(pool, 1, mask)
+            if slots is not None:
+                return self._lend(pool, slots[0], nbytes)
         self._failed(mask)
         return None
 
