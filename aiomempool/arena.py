@@ -773,6 +773,8 @@ class BufferArena:
         # As Mempool's: memory may have come back although no buffer did
         # (the process freed some, a slab was trimmed).
         self._retry_timer = None
+        for pool in self._pools:
+            pool._allocator._look_again()
         self._serve()
         loop = self._loop
         if len(self._line) and loop is not None and self._retry_timer is None:

@@ -166,6 +166,7 @@ class SlabCache:
         "_headroom",
         "_high_water",
         "_limit",
+        "_mapped",
         "_max_objects",
         "_name",
         "_next_number",
@@ -273,12 +274,16 @@ class SlabCache:
         # shares a Budget lets every idle slab go, its memory wanted
         # elsewhere.
         self._trim_floor = 1
+        # Slabs as anonymous maps rather than bytearrays (page_aligned, or
+        # a cache sharing a budget: see _share()).
+        self._mapped = page_aligned
         # A Budget shared with other caches (BufferArena's size classes), or
         # None: see _grow() and _reclaim(). Set by _share() only.
         self._budget: Budget | None = None
-        # _frees when _reclaim() last found no wholly free slab: until the
-        # next free, none can have appeared, so it need not look again.
-        self._unreclaimable = -1
+        # _reclaim() looks again once _frees reaches this: after a look
+        # that found no wholly free slab, none appears before a free, and
+        # it waits for a share of its free slots to come back (see there).
+        self._unreclaimable = 0
         self._next_number = 0
         self._nr_objects = 0  # in every slab: == len(self._slots)
         # Only free() changes _frees and only alloc() the objects out, each by
@@ -471,7 +476,7 @@ class SlabCache:
                 return False
         length = count * size
         try:
-            block = mmap.mmap(-1, length) if self._page_aligned else bytearray(length)
+            block = mmap.mmap(-1, length) if self._mapped else bytearray(length)
         except (MemoryError, OSError):
             return False
         if budget is not None:
@@ -706,7 +711,8 @@ class SlabCache:
         Each new slab is charged to it (cut down to what is left) and each
         slab given back is credited; when a slab does not fit, the other
         caches of the budget give back their wholly free slabs first. The
-        idle timer then lets every slab go, the last one too. A cache joins
+        idle timer then lets every slab go, the last one too, and slabs are
+        anonymous maps, unmapped when they go. A cache joins
         one budget, empty (before its first slab). Never awaits.
 
         Raises:
@@ -718,14 +724,18 @@ class SlabCache:
             )
         self._budget = budget
         self._trim_floor = 0
+        # Memory given back must leave the process, for the budget's
+        # figures to be the process's: a malloc'd block may stay in the
+        # heap below a live one, an anonymous map is unmapped whole.
+        self._mapped = True
         budget.join(self)
 
     def _reclaim(self, nbytes: int) -> int:
         """For the budget: give back wholly free slabs, the last made
         first, until ``nbytes`` are back or none is left; return the
-        bytes given back. O(free slots), and nothing at all when no free
-        happened since the last call found nothing to give."""
-        if self._closed or self._frees == self._unreclaimable:
+        bytes given back. O(free slots), and nothing at all until enough
+        frees happened since a call found nothing to give (see below)."""
+        if self._closed or self._frees < self._unreclaimable:
             return 0
         slots = self._slots
         nfree: dict[_Slab, int] = {}
@@ -741,13 +751,22 @@ class SlabCache:
                 gone.append(slab)
                 got += len(slab.block)
         if not gone:
-            self._unreclaimable = self._frees
+            # None to give: none can be before the next free, and looking
+            # again at every free would cost O(free slots) each, under the
+            # pressure that makes the budget ask. So it looks again after
+            # 1 + 1/64 of its free slots came back: O(1) amortized per free
+            # (the arena's retry timer looks now, whatever the count).
+            self._unreclaimable = self._frees + 1 + len(self._free) // 64
             return 0
         dead = set(gone)
         self._free[:] = [v for v in self._free if slots[id(v)][0] not in dead]
         for slab in gone:
             self._release(slab)
         return got
+
+    def _look_again(self) -> None:
+        """Let the next _reclaim() look, whatever came back since the last."""
+        self._unreclaimable = 0
 
     def _release(self, slab: _Slab) -> None:
         """Forget ``slab``, none of whose views is out or on the free list,
