@@ -319,6 +319,12 @@ class BufferArena:
             TypeError: ``nbytes`` is not an int.
             ValueError: ``nbytes`` is below 1 or above the largest class.
         """
+        try:  # the lookup alone; a bad nbytes is explained by _step()
+            k = (nbytes + self._round) >> self._shift
+            if k > 0:
+                return self._size_at[k]
+        except (TypeError, IndexError):
+            pass
         return self._size_at[self._step(nbytes)]
 
     def bulk_limit(self, nbytes: int) -> int:
