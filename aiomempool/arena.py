@@ -808,14 +808,14 @@ class BufferArena:
         Synchronous: callable from any callback on the arena's loop. The
         buffer goes back to its class (its reserve first, then its slabs),
         and the first waiter is served if it can be now. After
-        ``close()``, buffers still out may be freed: their slabs go.
+        ``close()``, buffers still out may be freed: their slabs go. A
+        refused free changes nothing.
 
         Raises:
             DoubleFreeError: ``view`` was freed already (it views the
                 memory of a buffer not out).
             ForeignElementError: ``view`` is not a buffer this arena
                 handed out (a slice or a copy of one, another pool's).
-            Either changes nothing.
         """
         entry = self._lent.pop(id(view), None)
         if entry is not None:

@@ -1168,6 +1168,11 @@ class ElementContext(Generic[T]):
     """What ``Mempool.element()`` returns: an async context manager.
 
     It allocates on entry and frees on exit; it may be entered once.
+
+    Args:
+        pool (Mempool | BufferArena): What allocates and frees.
+        args (tuple): What its ``alloc()`` is called with, the mask last.
+        timeout (float | None): ``alloc()``'s timeout.
     """
 
     __slots__ = ("_args", "_element", "_entered", "_pool", "_timeout")

@@ -281,8 +281,8 @@ class SlabCache:
         # None: see _grow() and _reclaim(). Set by _share() only.
         self._budget: Budget | None = None
         # _reclaim() looks again once _frees reaches this: after a look
-        # that found no wholly free slab, none appears before a free, and
-        # it waits for a share of its free slots to come back (see there).
+        # that found no wholly free slab, none appears before the nearest
+        # slab has its missing slots back (see there).
         self._unreclaimable = 0
         self._next_number = 0
         self._nr_objects = 0  # in every slab: == len(self._slots)
@@ -751,12 +751,13 @@ class SlabCache:
                 gone.append(slab)
                 got += len(slab.block)
         if not gone:
-            # None to give: none can be before the next free, and looking
-            # again at every free would cost O(free slots) each, under the
-            # pressure that makes the budget ask. So it looks again after
-            # 1 + 1/64 of its free slots came back: O(1) amortized per free
-            # (the arena's retry timer looks now, whatever the count).
-            self._unreclaimable = self._frees + 1 + len(self._free) // 64
+            # None to give, and none can be before the slab nearest to
+            # wholly free has all its missing slots back: a slab empties only
+            # by frees, each counted in _frees. So it looks again no sooner,
+            # and never later than a slab could go.
+            self._unreclaimable = self._frees + min(
+                len(slab.views) - nfree.get(slab, 0) for slab in self._slabs.values()
+            )
             return 0
         dead = set(gone)
         self._free[:] = [v for v in self._free if slots[id(v)][0] not in dead]

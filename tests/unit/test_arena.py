@@ -531,3 +531,27 @@ async def test_free_threadsafe_frees_on_the_loop_and_serves_a_waiter() -> None:
     arena.free_bulk([view, *held])
     assert arena.stats().total.outstanding == 0
     arena.close()
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_is_served_at_the_free_that_empties_a_slab_of_another_class() -> (
+    None
+):
+    arena = buffer_arena(
+        10 * 64 * KIB, classes=(256, 64 * KIB), headroom=0, trim_after=None
+    )
+    small = take_all(arena, 256)  # 256 a slab; the first slab holds the reserve
+    held = arena.alloc_nowait(64 * KIB)  # the 64 KiB reserve
+    waiter = asyncio.ensure_future(arena.alloc(64 * KIB))
+    await asyncio.sleep(0)
+    arena.free(small[0])  # back into the 256 B class's reserve
+    for view in small[255:510]:  # all of the second slab but one
+        arena.free(view)
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    arena.free(small[510])  # the second slab is wholly free now
+    await asyncio.sleep(0)
+    assert waiter.done()  # at this free, not at the retry tick
+    arena.free_bulk([waiter.result(), held, *small[1:255], *small[511:]])
+    assert arena.stats().total.outstanding == 0
+    arena.close()
