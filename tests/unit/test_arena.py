@@ -534,9 +534,7 @@ async def test_free_threadsafe_frees_on_the_loop_and_serves_a_waiter() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_waiter_is_served_at_the_free_that_empties_a_slab_of_another_class() -> (
-    None
-):
+async def test_a_waiter_is_served_at_the_free_emptying_another_class_slab() -> None:
     arena = buffer_arena(
         10 * 64 * KIB, classes=(256, 64 * KIB), headroom=0, trim_after=None
     )
