@@ -61,7 +61,9 @@ from .errors import (
     PoolClosedError,
 )
 from .gfp import (
+    ATOMIC_NOWARN,
     GFP,
+    GFP_ATOMIC,
     GFP_KERNEL,
     GFP_NOWAIT,
     KERNEL_MASK,
@@ -488,7 +490,12 @@ class BufferArena:
         # nbytes unless the size is the class's. A bad nbytes fails the
         # comparison or the table (a TypeError, an IndexError) and is
         # explained by _step().
-        if (gfp_mask is GFP_NOWAIT or gfp_mask is NOWAIT_NOWARN) and not self._gate:
+        if (
+            gfp_mask is GFP_NOWAIT
+            or gfp_mask is NOWAIT_NOWARN
+            or gfp_mask is ATOMIC_NOWARN
+            or gfp_mask is GFP_ATOMIC
+        ) and not self._gate:
             try:
                 k = (nbytes + self._round) >> self._shift
                 pool = self._pool_at[k] if k > 0 else None  # k <= 0: nbytes < 1

@@ -46,6 +46,9 @@ import asyncio
 import weakref
 from typing import cast
 
+from ._ratelimit import RateLimitedWarning
+from .arena import BufferArena
+from .chain import BufferChain
 from .gfp import ATOMIC_NOWARN
 from .mempool import Mempool
 from .pools import SlabPool, TrackedPool
@@ -60,6 +63,19 @@ _NOT_VIEWS = (
 
 #: Bytes of the per-protocol fallback buffer, read into when the pool is dry.
 FALLBACK_SIZE = 256
+#: An arena's receive buffers, unless ``buffer_size`` says: the class of
+#: this many bytes (or the largest class, if smaller).
+ARENA_BUFFER_SIZE = 65536
+#: Kept bytes up to ``1 / COMPACT_RATIO`` of a receive buffer move into a
+#: buffer of their own size of the arena (an incomplete frame does not pin
+#: a whole receive buffer); more stay where they are (moving them at every
+#: read would cost more than they pin: at most this many times their size).
+COMPACT_RATIO = 8
+#: The default quota, ``max_held``: bytes held for incomplete frames (kept,
+#: or gathered), in receive buffers' worth.
+MAX_HELD_BUFFERS = 64
+#: The default ``hold_timeout``, in seconds: see the class docstring.
+HOLD_TIMEOUT = 10.0
 #: Loop iterations after resuming reading before bytes read while the pool
 #: was dry are delivered without more (two: on the selector loops and on
 #: uvloop, the read that resuming allows runs within them).
@@ -143,13 +159,57 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     #   _paused     the user's pause_reading() holds
     #   _lost       connection_lost() was called
 
-    def __init__(self, pool: Mempool[memoryview]) -> None:
-        if not isinstance(pool, Mempool):
-            raise TypeError(f"pool must be a Mempool, not {type(pool).__name__}")
-        if isinstance(pool, TrackedPool) and not isinstance(pool, SlabPool):
-            raise TypeError(_NOT_VIEWS.format(pool=pool, kind="bytearrays"))
+    def __init__(
+        self,
+        pool: Mempool[memoryview] | BufferArena,
+        *,
+        buffer_size: int | None = None,
+        max_held: int | None = None,
+        hold_timeout: float | None = HOLD_TIMEOUT,
+    ) -> None:
+        if isinstance(pool, BufferArena):
+            size = ARENA_BUFFER_SIZE if buffer_size is None else buffer_size
+            size = pool.good_size(min(size, pool.classes[-1]))
+        elif isinstance(pool, Mempool):
+            if isinstance(pool, TrackedPool) and not isinstance(pool, SlabPool):
+                raise TypeError(_NOT_VIEWS.format(pool=pool, kind="bytearrays"))
+            if buffer_size is not None:
+                raise TypeError(
+                    "buffer_size is for an arena: a pool's buffers have its size"
+                )
+            cache = getattr(pool, "_allocator", None)
+            size = getattr(cache, "object_size", ARENA_BUFFER_SIZE)
+        else:
+            raise TypeError(
+                f"pool must be a Mempool or a BufferArena, not {type(pool).__name__}"
+            )
+        if max_held is None:
+            max_held = MAX_HELD_BUFFERS * size
+        elif type(max_held) is not int or max_held < 1:
+            raise ValueError(f"max_held must be an int >= 1 bytes, got {max_held!r}")
+        if hold_timeout is not None and not hold_timeout > 0:
+            raise ValueError(f"hold_timeout must be > 0 seconds, got {hold_timeout}")
         self.pool = pool
-        """The pool the protocol's buffers are borrowed from."""
+        """The pool (or arena) the protocol's buffers are borrowed from."""
+        self._arena = pool if isinstance(pool, BufferArena) else None
+        self._mempool = None if isinstance(pool, BufferArena) else pool
+        #: Bytes of each receive buffer.
+        self.buffer_size = size
+        #: The quota: bytes held for incomplete frames, past which a frame
+        #: is refused (``frame_too_large()``).
+        self.max_held = max_held
+        #: Seconds an incomplete frame may hold buffers while the pool is
+        #: dry and others wait, before the connection is closed (None:
+        #: never).
+        self.hold_timeout = hold_timeout
+        # An incomplete frame compacted into a buffer of its size (arena
+        # only): _buf is None then, and get_buffer() moves it back.
+        self._small: memoryview | None = None
+        # A frame being gathered: the buffers full of it, and the bytes of
+        # it still to come beyond those and _buf[:_fill].
+        self._chain: BufferChain | None = None
+        self._frame_left = 0
+        self._gather_at: int | None = None  # gather()'s start, in the call
         self._buf: memoryview | None = None  # the buffer reads go into
         self._fill = 0  # kept bytes at the start of _buf
         self._full: list[memoryview] = []  # kept, no room left in them
@@ -173,6 +233,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     def __repr__(self) -> str:
         buf = self._buf
         state = f" kept={self._fill}/{len(buf)}" if buf is not None else ""
+        state += f" small={len(self._small)}" if self._small is not None else ""
+        state += f" gathering={self._frame_left}" if self._chain is not None else ""
         state += f" full={len(self._full)}" if self._full else ""
         state += f" waiting pending={len(self._pending)}" if self._waiter else ""
         return f"<{type(self).__name__}{state}{' lost' if self._lost else ''}>"
@@ -215,9 +277,78 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             raise RuntimeError("keep_buffer() must be called from view_received()")
         if self._taken:
             raise RuntimeError("keep_buffer() after take_buffer(): the buffer is yours")
+        if self._gather_at is not None:
+            raise RuntimeError("keep_buffer() after gather() in the same call")
         if type(start) is not int or not 0 <= start <= end:
             raise ValueError(f"start must be an int from 0 to {end}, got {start!r}")
         self._keep = start
+
+    def gather(self, nbytes: int, start: int = 0) -> None:
+        """The bytes from ``view[start:]`` of the current
+        ``view_received()`` call begin a frame of ``nbytes`` bytes that
+        does not end in this view: gather it whole, in the pool's buffers.
+
+        The protocol reads on into buffers of the pool (filling each, no
+        copy) until the frame is complete, then calls
+        ``frame_received(chain)`` with a ``BufferChain`` of exactly
+        ``nbytes`` bytes; bytes after the frame go to ``view_received()``
+        as usual. A frame above the quota (``max_held``) is refused at
+        once: ``frame_too_large()``.
+
+        Raises:
+            RuntimeError: called outside ``view_received()``, or with
+                ``keep_buffer()`` or ``take_buffer()`` in the same call.
+            ValueError: ``start`` is not within the view, or the frame
+                ends within it (slice it instead).
+        """
+        end = self._end
+        if end is None:
+            raise RuntimeError("gather() must be called from view_received()")
+        if self._taken or self._keep is not None:
+            raise RuntimeError("gather() with keep_buffer() or take_buffer()")
+        if type(start) is not int or not 0 <= start <= end:
+            raise ValueError(f"start must be an int from 0 to {end}, got {start!r}")
+        if type(nbytes) is not int or nbytes <= end - start:
+            raise ValueError(
+                f"nbytes must be an int above the {end - start} bytes of the "
+                f"frame in this view, got {nbytes!r} (a frame within the view "
+                "is a slice of it)"
+            )
+        if nbytes > self.max_held:
+            self._gather_at = None
+            self._refuse(nbytes)
+            return
+        self._gather_at = start
+        self._frame_left = nbytes - (end - start)
+
+    def frame_received(self, chain: BufferChain) -> None:
+        """Called with a frame ``gather()`` asked for, whole.
+
+        The chain is yours: give its buffers back with ``chain.free()``, or
+        hand it on (``PooledWriter.write(chain)`` frees each buffer once
+        sent). Must not await.
+        """
+        chain.free()
+        raise NotImplementedError(
+            f"{type(self).__name__} must override frame_received(chain) to use gather()"
+        )
+
+    def frame_too_large(self, nbytes: int) -> None:
+        """Called when a frame can never fit the quota: ``gather(nbytes)``
+        above ``max_held``, or kept bytes past it.
+
+        By default the connection is closed (with a log line): a frame that
+        would hold more than the quota is refused, never left to hoard.
+        Override it to write an error reply first; the protocol drops what
+        it holds of the frame either way.
+        """
+        _LOG.warn(
+            "%r: a frame of %d bytes is over the quota (max_held=%d): closing",
+            self,
+            nbytes,
+            self.max_held,
+        )
+        self.transport.close()
 
     def take_buffer(self) -> memoryview:
         """Take the buffer of the current ``view_received()`` call.
@@ -237,6 +368,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             raise RuntimeError("take_buffer() must be called from view_received()")
         if self._keep is not None:
             raise RuntimeError("take_buffer() after keep_buffer() in the same call")
+        if self._gather_at is not None:
+            raise RuntimeError("take_buffer() after gather() in the same call")
         buf = self._buf
         assert buf is not None  # _deliver() is running
         self._taken = True
@@ -287,6 +420,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         """
         self._keep = None
         self._free_full()
+        self._drop_small()
         if self._end is not None:
             return
         buf = self._buf
@@ -325,8 +459,9 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             last = sweeper.last
             if last is not None and last._fresh:
                 sweeper.sweep_last(last)
-            buf = self.pool.alloc_nowait(ATOMIC_NOWARN)
+            buf = self._alloc_nowait()
         if buf is None:
+            self._evict_stale()
             # Reading is paused from buffer_updated(), where these bytes
             # land: the transports read no more until resume_reading().
             if self._fallback is None:
@@ -335,7 +470,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         if type(buf) is not memoryview:  # a pool on callbacks of the user's
             self.pool.free(buf)
             raise TypeError(_NOT_VIEWS.format(pool=self.pool, kind=type(buf).__name__))
-        self._buf = buf
+        self._install(buf)
         # uvloop (libuv reads until EAGAIN, asking for a buffer before each
         # try), the selector transport at EOF or on an error, and the TLS
         # transports call get_buffer() when no bytes may come: an idle or
@@ -349,7 +484,8 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         if not protocols:
             asyncio.get_running_loop().call_soon(sweeper.run)
         protocols.append(self)
-        return buf
+        fill = self._fill
+        return buf[fill:] if fill else buf
 
     def buffer_updated(self, nbytes: int) -> None:
         """Hand the bytes read to ``view_received()``.
@@ -360,6 +496,9 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._fresh = False
         buf = self._buf
         if buf is not None:
+            if self._chain is not None:
+                self._gathered(nbytes)
+                return
             if self._paused and self._fill + nbytes < len(buf) and not self._lost:
                 # Read although paused (uvloop, right after connection_made()):
                 # held, unseen, until resume_reading(). Paused again, for a
@@ -400,8 +539,14 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             # done with alloc(), it stored its buffer in _buf, freed below.
             waiter.cancel()
         self._keep = None
+        self._gather_at = None
         self._free_full()
+        self._drop_small()
+        chain, self._chain = self._chain, None
+        if chain is not None:
+            chain.free()
         self._drop_buf()
+        self._not_holding()
 
     # -- internals ------------------------------------------------------------
 
@@ -413,45 +558,260 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         end = self._fill + nbytes
         view = buf[:end]
         self._keep = None
+        self._gather_at = None
         self._end = end
         self._unseen = False
         try:
             self.view_received(view)
         finally:
             self._end = None
-            keep = self._keep
-            taken = self._taken
-            if taken or keep is None or keep >= end:
-                # The user's view dies first, so that debug mode can take the
-                # buffer back now unless the user exported it.
-                # Not contextlib.suppress(): this runs on every read.
-                try:  # noqa: SIM105
-                    view.release()
-                except BufferError:
-                    pass
+            self._settle(buf, view, end)
+
+    def _settle(self, buf: memoryview, view: memoryview, end: int) -> None:
+        """After ``view_received()`` of ``view`` (``buf[:end]``): the buffer
+        goes back, or is kept (compacted, if the arena can), or starts a
+        frame to gather; the quota is checked."""
+        keep = self._keep
+        taken = self._taken
+        gather_at, self._gather_at = self._gather_at, None
+        if gather_at is not None and not self._lost:
+            # The frame's first bytes move to the start of the buffer, the
+            # chain's first link, and reads go on after them.
+            self._keep = None
+            if gather_at:
+                buf[: end - gather_at] = buf[gather_at:end]
+            self._fill = end - gather_at
+            self._chain = BufferChain(self.pool)
+            self._holding()
+            if self._fill == len(buf):
+                self._link_full()
+            return
+        if taken or keep is None or keep >= end:
+            # The user's view dies first, so that debug mode can take the
+            # buffer back now unless the user exported it.
+            # Not contextlib.suppress(): this runs on every read.
+            try:  # noqa: SIM105
+                view.release()
+            except BufferError:
+                pass
+            self._buf = None
+            self._fill = 0
+            if taken:
+                self._taken = False  # the user's now, to free or hand on
+            else:
+                self.pool.free(buf)
+        else:
+            self._keep = None
+            if keep == 0 and end == len(buf):
+                # Kept full: it stays the user's, reads go on elsewhere.
+                self._full.append(buf)
                 self._buf = None
                 self._fill = 0
-                if taken:
-                    self._taken = False  # the user's now, to free or hand on
-                else:
-                    self.pool.free(buf)
             else:
-                self._keep = None
-                if keep == 0 and end == len(buf):
-                    # Kept full: it stays the user's, reads go on elsewhere.
-                    self._full.append(buf)
-                    self._buf = None
-                    self._fill = 0
-                else:
-                    if keep:
-                        buf[: end - keep] = buf[keep:end]  # memmove, overlap-safe
-                    self._fill = end - keep
+                if keep:
+                    buf[: end - keep] = buf[keep:end]  # memmove, overlap-safe
+                self._fill = end - keep
+                self._compact()
+            held = self._held()
+            if held > self.max_held:
+                self.release_kept()
+                self._refuse(held)
+                return
+        if self._fill or self._full or self._small is not None:
+            self._holding()
+        else:
+            self._not_holding()
 
     def _sweep(self) -> None:
-        """Give back a buffer that get_buffer() took and no read filled."""
-        if self._fresh and self._fill == 0 and self._buf is not None:
+        """Give back a buffer that get_buffer() took and no read filled
+        (kept bytes moved into it go back to a buffer of their size)."""
+        if self._fresh and self._buf is not None and not self._unseen:
             self._fresh = False
-            self._drop_buf()
+            if self._fill == 0:
+                self._drop_buf()
+            elif self._chain is None:
+                self._compact()
+
+    # -- buffers: allocation, compaction, gathering ------------------------
+
+    def _alloc_nowait(self) -> memoryview | None:
+        """A receive buffer (or the next link of a frame), or None."""
+        arena = self._arena
+        if arena is None:
+            assert self._mempool is not None
+            return self._mempool.alloc_nowait(ATOMIC_NOWARN)
+        size = self.buffer_size
+        if self._chain is not None and self._frame_left < size:
+            size = self._frame_left  # the frame's last link: its size only
+        return arena.alloc_nowait(size, ATOMIC_NOWARN)
+
+    async def _alloc(self) -> memoryview:
+        """``_alloc_nowait()``, waiting in line for it."""
+        arena = self._arena
+        if arena is None:
+            assert self._mempool is not None
+            return await self._mempool.alloc()
+        size = self.buffer_size
+        if self._chain is not None and 0 < self._frame_left < size:
+            size = self._frame_left
+        return await arena.alloc(size)
+
+    def _install(self, buf: memoryview) -> None:
+        """``buf`` is the buffer reads go into now; kept bytes compacted
+        into a small buffer move back to its start."""
+        self._buf = buf
+        self._fill = 0
+        small, self._small = self._small, None
+        if small is not None:
+            nbytes = len(small)
+            buf[:nbytes] = small
+            self._fill = nbytes
+            self.pool.free(small)
+
+    def _compact(self) -> None:
+        """Move the kept bytes of ``_buf`` into a buffer of their size, if
+        they are few (arena only): an idle incomplete frame then pins what
+        it sent, not a receive buffer."""
+        arena = self._arena
+        buf = self._buf
+        fill = self._fill
+        if arena is None or buf is None or not 0 < fill <= len(buf) // COMPACT_RATIO:
+            return
+        small = arena.alloc_nowait(fill, ATOMIC_NOWARN)
+        if small is None:
+            return  # no room: it stays where it is
+        small[:] = buf[:fill]
+        self._buf = None
+        self._fill = 0
+        self._small = small
+        self.pool.free(buf)
+
+    def _gathered(self, nbytes: int) -> None:
+        """``nbytes`` of the frame being gathered were read into ``_buf``
+        (or copied there from the fallback)."""
+        buf = self._buf
+        chain = self._chain
+        assert buf is not None and chain is not None
+        self._fill += nbytes
+        left = self._frame_left - nbytes
+        self._frame_left = left
+        if left > 0:
+            if self._fill == len(buf):
+                self._link_full()
+            return
+        # The frame is whole; -left bytes after it are the next ones.
+        fill = self._fill
+        after = bytes(buf[fill + left : fill]) if left else b""
+        chain.append(buf, fill + left)
+        self._buf = None
+        self._fill = 0
+        self._chain = None
+        self._frame_left = 0
+        self._not_holding()
+        self.frame_received(chain)
+        if after and not self._lost:
+            self._pending += after
+            self._deliver_pending()
+
+    def _link_full(self) -> None:
+        """``_buf`` is full of the frame: into the chain, and reads go on
+        into a new buffer."""
+        buf = self._buf
+        assert buf is not None and self._chain is not None
+        self._chain.append(buf, len(buf))
+        self._buf = None
+        self._fill = 0
+        if self._held() > self.max_held:  # cannot be: gather() checked
+            raise AssertionError("a gathered frame past its quota")
+
+    def _deliver_pending(self) -> None:
+        """Deliver ``_pending`` (bytes after a frame) now if a buffer can be
+        had, else wait in line for one as a dry pool's reads do."""
+        pending = self._pending
+        while pending and self._waiter is None and not self._lost:
+            if self._buf is None:
+                got = self._alloc_nowait()
+                if got is None:
+                    if not self.transport.is_closing():
+                        self.transport.pause_reading()
+                    self._waiter = asyncio.get_running_loop().create_task(self._wait())
+                    return
+                self._install(got)
+            buf = self._buf
+            assert buf is not None
+            fill = self._fill
+            n = min(len(buf) - fill, len(pending))
+            buf[fill : fill + n] = pending[:n]
+            del pending[:n]
+            if self._chain is not None:
+                self._gathered(n)
+            else:
+                self._deliver(n)
+
+    def _held(self) -> int:
+        """Bytes held for incomplete frames: the quota's measure."""
+        held = self._fill + sum(len(buf) for buf in self._full)
+        if self._small is not None:
+            held += len(self._small)
+        if self._chain is not None:
+            held += len(self._chain)
+        return held
+
+    def _refuse(self, nbytes: int) -> None:
+        """A frame over the quota: drop what is held of it, tell the user."""
+        chain, self._chain = self._chain, None
+        if chain is not None:
+            chain.free()
+        self._frame_left = 0
+        self._not_holding()
+        self.frame_too_large(nbytes)
+
+    # -- the overload policy -----------------------------------------------
+
+    def _holding(self) -> None:
+        """Buffers are held for an incomplete frame: listed, oldest first,
+        among the pool's holders (the insertion order is the age order)."""
+        holders = _holders(self.pool)
+        if self not in holders:
+            holders[self] = asyncio.get_running_loop().time()
+
+    def _not_holding(self) -> None:
+        holders = _HOLDERS.get(self.pool)
+        if holders is not None:
+            holders.pop(self, None)
+
+    def _evict_stale(self) -> None:
+        """The pool is dry: connections holding buffers for an incomplete
+        frame longer than ``hold_timeout`` lose them first (closed, oldest
+        first, with a log line), so the pool cannot be held hostage."""
+        if self.hold_timeout is None:
+            return
+        holders = _HOLDERS.get(self.pool)
+        if not holders:
+            return
+        deadline = asyncio.get_running_loop().time() - self.hold_timeout
+        stale = []
+        for protocol, since in holders.items():
+            if since > deadline:
+                break
+            stale.append(protocol)
+        for protocol in stale:
+            holders.pop(protocol, None)
+            if protocol is self or protocol._lost:
+                continue
+            _LOG.warn(
+                "%r: the pool is dry and this connection has held %d bytes of "
+                "an incomplete frame for more than %.1f s: closing it",
+                protocol,
+                protocol._held(),
+                protocol.hold_timeout or 0.0,
+            )
+            protocol.transport.abort()
+
+    def _drop_small(self) -> None:
+        small, self._small = self._small, None
+        if small is not None:
+            self.pool.free(small)
 
     def _free_full(self) -> None:
         """Give back every buffer kept full."""
@@ -481,7 +841,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         try:
             while pending:
                 if self._buf is None:
-                    buf = await self.pool.alloc()
+                    buf = await self._alloc()
                     # No await from here to _buf: cancellation cannot
                     # separate the buffer from the protocol.
                     if type(buf) is not memoryview:  # a pool of the user's
@@ -489,16 +849,20 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
                         raise TypeError(
                             _NOT_VIEWS.format(pool=self.pool, kind=type(buf).__name__)
                         )
-                    self._buf = buf
-                    self._fill = 0
+                    self._install(buf)
                     if self._lost:  # lost before the task could be cancelled
                         self._drop_buf()
                         return
-                buf = self._buf
+                into = self._buf
+                assert into is not None
+                buf = into
                 fill = self._fill
                 n = min(len(buf) - fill, len(pending))  # room > 0
                 buf[fill : fill + n] = pending[:n]
                 del pending[:n]
+                if self._chain is not None:
+                    self._gathered(n)  # a frame's bytes: into the chain
+                    continue
                 if pending or fill + n == len(buf):
                     self._deliver(n)  # no room to read into: now
                 else:
@@ -591,6 +955,22 @@ class _Sweeper:
             protocol._sweep()
         except Exception as exc:  # one pool's failure spares the others
             _report("giving back failed", exc, protocol)
+
+
+_LOG = RateLimitedWarning(what="connection")
+
+#: Per pool (or arena), the protocols holding its buffers for an incomplete
+#: frame, oldest first, and since when (the loop's clock).
+_HOLDERS: weakref.WeakKeyDictionary[object, dict[PooledBufferedProtocol, float]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _holders(pool: object) -> dict[PooledBufferedProtocol, float]:
+    holders = _HOLDERS.get(pool)
+    if holders is None:
+        holders = _HOLDERS[pool] = {}
+    return holders
 
 
 def _report(what: str, exc: Exception, protocol: PooledBufferedProtocol) -> None:

@@ -15,8 +15,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from contextlib import suppress
+from typing import Protocol
 
+from .arena import BufferArena
+from .chain import BufferChain
 from .mempool import Mempool
+
+
+class _Frees(Protocol):
+    """What the buffers go back to: a pool of memoryviews, or an arena."""
+
+    def free(self, element: memoryview | None, /) -> None: ...
+
 
 __all__ = ["PooledWriter"]
 
@@ -100,12 +110,14 @@ class PooledWriter:
     def __init__(
         self,
         transport_or_writer: asyncio.WriteTransport | asyncio.StreamWriter,
-        pool: Mempool[memoryview],
+        pool: Mempool[memoryview] | BufferArena,
         *,
         max_poll_interval: float = 0.05,
     ) -> None:
-        if not isinstance(pool, Mempool):
-            raise TypeError(f"pool must be a Mempool, not {type(pool).__name__}")
+        if not isinstance(pool, (Mempool, BufferArena)):
+            raise TypeError(
+                f"pool must be a Mempool or a BufferArena, not {type(pool).__name__}"
+            )
         if not max_poll_interval >= MIN_POLL_INTERVAL:
             raise ValueError(
                 f"max_poll_interval must be >= {MIN_POLL_INTERVAL} seconds, "
@@ -118,7 +130,7 @@ class PooledWriter:
             self._stream = None
             transport = transport_or_writer
         self._transport: asyncio.WriteTransport = transport
-        self._pool = pool
+        self._pool: _Frees = pool
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -146,7 +158,7 @@ class PooledWriter:
         """Buffers written and not yet given back to the pool."""
         return len(self._queue)
 
-    def write(self, buf: memoryview, nbytes: int | None = None) -> None:
+    def write(self, buf: memoryview | BufferChain, nbytes: int | None = None) -> None:
         """Write ``buf`` (or ``buf[:nbytes]``); it goes back to the pool once sent.
 
         ``buf`` must be an element of the pool as ``alloc()`` returned it
@@ -155,11 +167,22 @@ class PooledWriter:
         called from protocol callbacks. Freed before returning if the
         transport took all of it at once.
 
+        A ``BufferChain`` (a frame of several buffers of the pool) is
+        written whole with ``transport.writelines()``, without joining
+        its buffers; each goes back once sent, and the chain is empty
+        afterwards.
+
         Raises:
-            ValueError: ``nbytes`` is not within ``buf``.
+            ValueError: ``nbytes`` is not within ``buf``, or given with a
+                chain.
             Exception: whatever ``transport.write()`` raises, after giving
                 ``buf`` back (the transport kept nothing of it then).
         """
+        if isinstance(buf, BufferChain):
+            if nbytes is not None:
+                raise ValueError("nbytes is for a buffer, not a chain: give none")
+            self._write_links(buf.detach())
+            return
         if nbytes is None:
             data = buf
         elif type(nbytes) is int and 0 <= nbytes <= len(buf):
@@ -175,6 +198,23 @@ class PooledWriter:
             raise
         self._written += len(data)
         self._queue.append((self._written, buf))
+        self.release_sent()
+        if self._queue and self._timer is None:
+            self._interval = MIN_POLL_INTERVAL
+            self._timer = self._loop.call_later(self._interval, self._poll)
+
+    def _write_links(self, links: list[tuple[memoryview, int]]) -> None:
+        """write() of a chain's buffers, each with its count of bytes."""
+        views = [buf if n == len(buf) else buf[:n] for buf, n in links]
+        try:
+            self._transport.writelines(views)
+        except BaseException:
+            for buf, _ in links:
+                self._pool.free(buf)
+            raise
+        for buf, n in links:
+            self._written += n
+            self._queue.append((self._written, buf))
         self.release_sent()
         if self._queue and self._timer is None:
             self._interval = MIN_POLL_INTERVAL
