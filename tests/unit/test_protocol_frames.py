@@ -293,7 +293,7 @@ async def test_when_the_pool_is_dry_the_oldest_stale_holders_lose_their_buffers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pool = buffer_pool(4096, min_nr=2, max_nr=4, headroom=0)
-    async with serve(lambda: Lines(pool, hold_timeout=0.2)) as (port, made):
+    async with serve(lambda: Lines(pool, hold_timeout=0.2)) as (port, _):
         hoarders = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
         for _, writer in hoarders:
             writer.write(b"half a line")  # kept: a whole buffer each
