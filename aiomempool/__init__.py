@@ -5,6 +5,7 @@ work can always make progress when the backing allocator fails.
 """
 
 from .arena import BufferArena, buffer_arena, default_classes
+from .chain import BufferChain
 from .errors import (
     AllocTimeoutError,
     CorruptionError,
@@ -40,6 +41,7 @@ __all__ = [
     "AllocTimeoutError",
     "ArenaStats",
     "BufferArena",
+    "BufferChain",
     "CorruptionError",
     "DoubleFreeError",
     "ElementContext",
