@@ -41,6 +41,9 @@ class BufferChain:
     form ``transport.writelines()`` takes. ``tobytes()`` and ``copy_into()``
     copy the frame out. ``free()`` gives every buffer back (``with chain:``
     frees on exit). Not thread-safe; never awaits.
+
+    Args:
+        pool (Mempool | BufferArena): Where the buffers go back.
     """
 
     __slots__ = ("_links", "_nbytes", "_pool")

@@ -112,10 +112,25 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     call the protocol's ``pause_reading()`` and ``resume_reading()``, which
     compose with that wait; the transport's do not.
 
-    A view's bytes can outlive the call three ways: copy them;
+    A view's bytes can outlive the call four ways: copy them;
     ``keep_buffer()`` (an incomplete frame, completed by the next reads);
+    ``gather(nbytes)`` (a frame of known length larger than the view: it
+    arrives whole, in the pool's buffers, at ``frame_received(chain)``);
     ``take_buffer()`` (the buffer is yours, to free or hand on: to a
     ``PooledWriter``, or to a worker).
+
+    Against slow, idle and greedy clients (see the cookbook's page):
+
+    * ``pool`` may be a ``BufferArena``: reads go into receive buffers of
+      ``buffer_size`` bytes (by default its 64 KiB class), and kept bytes of
+      at most an eighth of one move into a buffer of their own size, so an
+      idle incomplete frame pins what was sent, not a receive buffer.
+    * ``max_held`` (by default 64 receive buffers' worth): the bytes a
+      connection may hold for incomplete frames; a frame that can never
+      fit is refused, ``frame_too_large()``, which closes by default.
+    * ``hold_timeout`` (by default 10 s; None: never): when the pool is
+      dry, connections holding an incomplete frame for longer lose it
+      first: closed, oldest first, with a log line.
 
     Example:
         ```python
