@@ -225,6 +225,9 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._chain: BufferChain | None = None
         self._frame_left = 0
         self._gather_at: int | None = None  # gather()'s start, in the call
+        # The pool's holders (see _holding()), and whether this is one.
+        self._holders = _holders(pool)
+        self._is_holding = False
         self._buf: memoryview | None = None  # the buffer reads go into
         self._fill = 0  # kept bytes at the start of _buf
         self._full: list[memoryview] = []  # kept, no room left in them
@@ -723,7 +726,11 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._chain = None
         self._frame_left = 0
         self._not_holding()
-        self.frame_received(chain)
+        try:
+            self.frame_received(chain)
+        except BaseException:
+            chain.free()  # what the user did not hand on: back, not leaked
+            raise
         if after and not self._lost:
             self._pending += after
             self._deliver_pending()
@@ -736,8 +743,6 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         self._chain.append(buf, len(buf))
         self._buf = None
         self._fill = 0
-        if self._held() > self.max_held:  # cannot be: gather() checked
-            raise AssertionError("a gathered frame past its quota")
 
     def _deliver_pending(self) -> None:
         """Deliver ``_pending`` (bytes after a frame) now if a buffer can be
@@ -786,14 +791,14 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
     def _holding(self) -> None:
         """Buffers are held for an incomplete frame: listed, oldest first,
         among the pool's holders (the insertion order is the age order)."""
-        holders = _holders(self.pool)
-        if self not in holders:
-            holders[self] = asyncio.get_running_loop().time()
+        if not self._is_holding:
+            self._is_holding = True
+            self._holders[self] = asyncio.get_running_loop().time()
 
     def _not_holding(self) -> None:
-        holders = _HOLDERS.get(self.pool)
-        if holders is not None:
-            holders.pop(self, None)
+        if self._is_holding:
+            self._is_holding = False
+            self._holders.pop(self, None)
 
     def _evict_stale(self) -> None:
         """The pool is dry: connections holding buffers for an incomplete
@@ -801,7 +806,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         first, with a log line), so the pool cannot be held hostage."""
         if self.hold_timeout is None:
             return
-        holders = _HOLDERS.get(self.pool)
+        holders = self._holders
         if not holders:
             return
         deadline = asyncio.get_running_loop().time() - self.hold_timeout
@@ -812,6 +817,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             stale.append(protocol)
         for protocol in stale:
             holders.pop(protocol, None)
+            protocol._is_holding = False
             if protocol is self or protocol._lost:
                 continue
             _LOG.warn(
