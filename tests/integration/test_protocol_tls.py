@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 from helpers import TIMEOUT, close, shut_down
 
-from aiomempool import GFP_ATOMIC, Mempool, PooledBufferedProtocol, buffer_pool
+from aiomempool import (
+    GFP_ATOMIC,
+    Mempool,
+    PooledBufferedProtocol,
+    buffer_arena,
+    buffer_pool,
+)
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -210,3 +216,49 @@ async def test_dry_pool_over_tls_pauses_reading_and_loses_nothing(
     stats = pool.stats()
     assert stats.waits > 0  # the pool ran dry, and connections waited
     assert stats.outstanding == 0
+
+
+class LineEcho(Echo):
+    """Echoes complete lines; keeps an incomplete one (on an arena: in a
+    buffer of its size)."""
+
+    def view_received(self, view: memoryview) -> None:
+        end = bytes(view).rfind(b"\n") + 1
+        if end:
+            self.transport.write(bytes(view[:end]))
+        if end < len(view):
+            self.keep_buffer(end)
+
+
+@pytest.mark.asyncio
+async def test_peers_holding_half_a_line_over_tls_do_not_starve_a_client(
+    tmp_path: Path,
+) -> None:
+    # 80 peers each holding half a line would pin 80 receive buffers of
+    # 64 KiB (5 MiB); the arena's budget is 2 MiB, and they hold 256 bytes
+    # each.
+    classes = (256, 4096, 65536)
+    arena = buffer_arena(2 << 20, classes=classes, headroom=0, trim_after=None)
+    async with tls_server(tmp_path, lambda: LineEcho(arena)) as connect:  # type: ignore[arg-type]
+        peers = [await connect() for _ in range(80)]
+        for _, writer in peers:
+            writer.write(b"half a li")
+            await writer.drain()
+        await asyncio.sleep(0.3)
+        receive = arena.stats().classes[-1]
+        assert receive.pool.outstanding == 0
+        reader, writer = await connect()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        writer.write(b"PING\n")
+        assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"PING\n"
+        assert loop.time() - start < 1.0
+        await close(writer)
+        for i, (r, w) in enumerate(peers):
+            w.write(b"ne %d\n" % i)
+            assert await asyncio.wait_for(r.readline(), TIMEOUT) == (
+                b"half a line %d\n" % i
+            )
+            await close(w)
+    assert arena.stats().total.outstanding == 0
+    arena.close()
