@@ -228,6 +228,7 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         # The pool's holders (see _holding()), and whether this is one.
         self._holders = _holders(pool)
         self._is_holding = False
+        self._tick: asyncio.TimerHandle | None = None  # _evict_tick()'s
         self._buf: memoryview | None = None  # the buffer reads go into
         self._fill = 0  # kept bytes at the start of _buf
         self._full: list[memoryview] = []  # kept, no room left in them
@@ -801,33 +802,51 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self._holders.pop(self, None)
 
     def _evict_stale(self) -> None:
-        """The pool is dry: connections holding buffers for an incomplete
-        frame longer than ``hold_timeout`` lose them first (closed, oldest
-        first, with a log line), so the pool cannot be held hostage."""
+        """The pool is dry: the connection that has held buffers for an
+        incomplete frame longest, if for longer than ``hold_timeout``,
+        loses them (closed, with a log line), so the pool cannot be held
+        hostage. One per call: each dry ``get_buffer()`` and each tick of a
+        waiting connection's timer (see ``_wait()``) evicts the next, so a
+        burst that filled the pool with frames none can finish loses as
+        few connections as it takes to move on."""
         if self.hold_timeout is None:
             return
         holders = self._holders
         if not holders:
             return
-        deadline = asyncio.get_running_loop().time() - self.hold_timeout
-        stale = []
+        now = asyncio.get_running_loop().time()
+        if now - holders.evicted_at < self.hold_timeout / 4:
+            return  # one a quarter of hold_timeout per pool: time to move on
+        deadline = now - self.hold_timeout
         for protocol, since in holders.items():
             if since > deadline:
+                return  # the oldest is not stale: none is
+            if protocol is not self and not protocol._lost:
                 break
-            stale.append(protocol)
-        for protocol in stale:
-            holders.pop(protocol, None)
-            protocol._is_holding = False
-            if protocol is self or protocol._lost:
-                continue
-            _LOG.warn(
-                "%r: the pool is dry and this connection has held %d bytes of "
-                "an incomplete frame for more than %.1f s: closing it",
-                protocol,
-                protocol._held(),
-                protocol.hold_timeout or 0.0,
-            )
-            protocol.transport.abort()
+        else:
+            return
+        holders.pop(protocol, None)
+        holders.evicted_at = now
+        protocol._is_holding = False
+        _LOG.warn(
+            "%r: the pool is dry and this connection has held %d bytes of "
+            "an incomplete frame for more than %.1f s: closing it",
+            protocol,
+            protocol._held(),
+            protocol.hold_timeout or 0.0,
+        )
+        protocol.transport.abort()
+
+    def _evict_tick(self) -> None:
+        """While this connection waits for a buffer: evict the next stale
+        holder, every quarter of ``hold_timeout``."""
+        self._tick = None
+        if self._waiter is None or self._lost or self.hold_timeout is None:
+            return
+        self._evict_stale()
+        self._tick = asyncio.get_running_loop().call_later(
+            self.hold_timeout / 4, self._evict_tick
+        )
 
     def _drop_small(self) -> None:
         small, self._small = self._small, None
@@ -859,6 +878,10 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         buffer. If no read comes, ``_flush()`` delivers them shortly after.
         """
         pending = self._pending
+        if self.hold_timeout is not None and self._tick is None:
+            self._tick = asyncio.get_running_loop().call_later(
+                self.hold_timeout / 4, self._evict_tick
+            )
         try:
             while pending:
                 if self._buf is None:
@@ -894,6 +917,9 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
             self._failed(exc)
             return
         finally:
+            tick, self._tick = self._tick, None
+            if tick is not None:
+                tick.cancel()
             if self._waiter is asyncio.current_task():
                 self._waiter = None
         if self._lost or self._paused or self.transport.is_closing():
@@ -980,17 +1006,23 @@ class _Sweeper:
 
 _LOG = RateLimitedWarning(what="connection")
 
-#: Per pool (or arena), the protocols holding its buffers for an incomplete
-#: frame, oldest first, and since when (the loop's clock).
-_HOLDERS: weakref.WeakKeyDictionary[object, dict[PooledBufferedProtocol, float]] = (
-    weakref.WeakKeyDictionary()
-)
+
+class _Holders(dict["PooledBufferedProtocol", float]):
+    """The protocols holding a pool's buffers for an incomplete frame,
+    oldest first, and since when (the loop's clock); and when the last of
+    them was evicted."""
+
+    evicted_at = float("-inf")
 
 
-def _holders(pool: object) -> dict[PooledBufferedProtocol, float]:
+#: Per pool (or arena), its holders.
+_HOLDERS: weakref.WeakKeyDictionary[object, _Holders] = weakref.WeakKeyDictionary()
+
+
+def _holders(pool: object) -> _Holders:
     holders = _HOLDERS.get(pool)
     if holders is None:
-        holders = _HOLDERS[pool] = {}
+        holders = _HOLDERS[pool] = _Holders()
     return holders
 
 

@@ -289,7 +289,7 @@ async def test_an_arena_sizes_a_frames_last_buffer_to_what_is_left() -> None:
 
 
 @pytest.mark.asyncio
-async def test_when_the_pool_is_dry_the_oldest_stale_holders_lose_their_buffers(
+async def test_when_the_pool_is_dry_the_oldest_stale_holder_loses_its_buffers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pool = buffer_pool(4096, min_nr=2, max_nr=4, headroom=0)
@@ -304,8 +304,12 @@ async def test_when_the_pool_is_dry_the_oldest_stale_holders_lose_their_buffers(
             writer.write(b"hello\n")  # finds the pool dry
             assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"hello\n"
         assert "incomplete frame for more than 0.2 s" in caplog.text
-        for r, _ in hoarders:
-            assert await closed_by_peer(r)
+        assert await closed_by_peer(hoarders[0][0])  # the oldest lost its buffer
+        for i, (r, w) in enumerate(hoarders[1:]):  # the others were spared
+            w.write(b" %d\n" % i)
+            assert await asyncio.wait_for(r.readline(), TIMEOUT) == (
+                b"half a line %d\n" % i
+            )
         for _, w in [*hoarders, (reader, writer)]:
             await close(w)
     await until(lambda: pool.stats().outstanding == 0)
@@ -331,5 +335,40 @@ async def test_young_holders_are_not_evicted_and_the_newcomer_waits() -> None:
         assert await asyncio.wait_for(reader.readline(), TIMEOUT) == b"hello\n"
         for _, w in [*hoarders, (reader, writer)]:
             await close(w)
+    await until(lambda: pool.stats().outstanding == 0)
+    pool.close()
+
+
+@pytest.mark.asyncio
+async def test_a_burst_of_frames_no_one_can_finish_loses_the_oldest_and_moves_on() -> (
+    None
+):
+    # Eight 16 KiB buffers; six clients each declare a 60 KB frame and send
+    # 20 KB of it: they fill the pool with frames none can finish. While they
+    # wait, the oldest stale holder is closed every quarter of hold_timeout,
+    # until the others can go on.
+    pool = buffer_pool(16384, min_nr=2, max_nr=8, headroom=0)
+    async with serve(lambda: Frames(pool, hold_timeout=0.2)) as (port, _):
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(6)]
+        body = bytes(60_000)
+        for _, writer in clients:
+            writer.write(frame(body)[:20_004])
+            await writer.drain()
+        await asyncio.sleep(0.5)
+        for _, writer in clients:
+            if not writer.is_closing():
+                writer.write(body[20_000:])
+        served = closed = 0
+        for reader, _ in clients:
+            try:
+                echoed = await asyncio.wait_for(reader.readexactly(60_004), TIMEOUT)
+            except (asyncio.IncompleteReadError, ConnectionResetError):
+                closed += 1
+            else:
+                assert echoed == frame(body)
+                served += 1
+        for _, writer in clients:
+            await close(writer)
+        assert served >= 1 and closed >= 1 and served + closed == 6
     await until(lambda: pool.stats().outstanding == 0)
     pool.close()
