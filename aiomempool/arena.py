@@ -41,7 +41,7 @@ import itertools
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import replace
 from types import TracebackType
@@ -235,6 +235,9 @@ class BufferArena:
                 # A class's pool is the arena's, not a named pool of its own
                 # (metrics read the arena).
                 _unname(pool)
+                if pool._debug is not None:
+                    # Out of quarantine, a buffer serves the arena's line.
+                    pool._debug._give_back = _giver(self, pool)
                 self._pools.append(pool)
             others = sum(pinned)
             for size, pin, pool in zip(classes, pinned, self._pools, strict=True):
@@ -982,6 +985,28 @@ def _per_slab(size: int) -> int:
 def _slab_bytes(size: int) -> int:
     """The bytes of a whole slab of a class of ``size``-byte buffers."""
     return _per_slab(size) * size
+
+
+def _giver(
+    arena: BufferArena, pool: SlabPool
+) -> Callable[[], Callable[[memoryview], None] | None]:
+    """For a class's debug mode: what gives back a buffer out of quarantine
+    (PoolDebug calls it to get that function, None once the arena or the
+    pool is gone): the pool takes it, then the arena serves its line."""
+    arena_ref = weakref.ref(arena)
+    pool_ref = weakref.ref(pool)
+
+    def give_back(element: memoryview) -> None:
+        owner, into = arena_ref(), pool_ref()
+        if into is not None:
+            into._give_back(element)
+        if owner is not None and owner._line.nparked:
+            owner._serve()
+
+    def get() -> Callable[[memoryview], None] | None:
+        return give_back if pool_ref() is not None else None
+
+    return get
 
 
 def _unname(pool: SlabPool) -> None:

@@ -553,3 +553,22 @@ async def test_a_waiter_is_served_at_the_free_emptying_another_class_slab() -> N
     arena.free_bulk([waiter.result(), held, *small[1:255], *small[511:]])
     assert arena.stats().total.outstanding == 0
     arena.close()
+
+
+@pytest.mark.asyncio
+async def test_in_debug_mode_a_buffer_out_of_quarantine_serves_a_waiter() -> None:
+    arena = small_arena(debug=True, retry_interval=60.0)
+    held = take_all(arena, 64 * KIB)
+    waiter = asyncio.ensure_future(arena.alloc(64 * KIB))
+    await asyncio.sleep(0)
+    view = held.pop()
+    part = view[:10]  # still exported when freed: quarantined
+    arena.free(view)
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    del part, view
+    gc.collect()
+    got = await asyncio.wait_for(waiter, 2.0)  # at the recheck, not in 60 s
+    arena.free_bulk([got, *held])
+    assert arena.stats().total.outstanding == 0
+    arena.close()
