@@ -1,10 +1,18 @@
 """Buffers of a spread of sizes: ``buffer_arena`` against what users do instead.
 
-Every case cycles over the same seeded list of sizes (``spread()``:
-``SPREAD_COUNT`` sizes, log-uniform between ``SPREAD_MIN`` and
-``SPREAD_MAX``), ``IN_FLIGHT`` buffers held at once as in the other buffer
-groups: each cycle takes a buffer of the next size and gives back the one
-taken ``IN_FLIGHT`` cycles before.
+Two groups, the same cases, each over its own seeded list of sizes
+(``Spread.sizes()``: ``SPREAD_COUNT`` sizes between ``SPREAD_MIN`` and
+``SPREAD_MAX``):
+
+* ``LOG_UNIFORM`` (``buffers-spread``): log-uniform, as many sizes in each
+  power of two, so mostly small ones: frames as they come to a server;
+* ``UNIFORM`` (``buffers-uniform``): uniform in bytes, so mostly large ones
+  (a mean near 512 KiB): the spread the arena issue's figure for
+  ``bytearray(n)`` is of.
+
+``IN_FLIGHT`` buffers are held at once as in the other buffer groups: each
+cycle takes a buffer of the next size and gives back the one taken
+``IN_FLIGHT`` cycles before.
 
 * ``bytearray(n)``: no pool, the reference;
 * an ``asyncio.Queue`` of ``bytearray(65536)``, the pool of one size that
@@ -28,6 +36,7 @@ import functools
 import itertools
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
 
@@ -35,11 +44,9 @@ import aiomempool
 from aiomempool.arena import ARENA_SLAB_BYTES
 from benchmarks.cases import IN_FLIGHT
 from benchmarks.harness import Batch
-from benchmarks.results import SPREAD_KEY
+from benchmarks.results import SPREAD_KEY, SPREAD_NAMES, UNIFORM_SPREAD_KEY
 
-GROUP_KEY = SPREAD_KEY
-
-#: The spread: how many sizes, their bounds and the seed of their draw.
+#: The spreads: how many sizes, their bounds and the seed of their draw.
 SPREAD_COUNT = 4096
 SPREAD_MIN = 64
 SPREAD_MAX = 1 << 20
@@ -52,16 +59,31 @@ QUEUE_SIZE = 65536
 #: A class pool's bound: every buffer in flight could be of its class.
 CLASS_MAX_NR = 2 * IN_FLIGHT
 
-GROUP_TITLE = (
-    f"Buffers of a spread of sizes (64 B to 1 MiB, seeded), {IN_FLIGHT} in flight"
-)
+
+@dataclass(frozen=True)
+class Spread:
+    """The seeded list of sizes every case of a group cycles over."""
+
+    key: str
+    title: str
+    #: How the sizes are drawn: ``"log-uniform"`` (the exponent uniform from
+    #: log2 ``SPREAD_MIN`` to log2 ``SPREAD_MAX``) or ``"uniform"`` (the size
+    #: itself uniform from ``SPREAD_MIN`` to ``SPREAD_MAX``).
+    draw: str
+
+    def sizes(self) -> tuple[int, ...]:
+        return _draw(self.draw)
 
 
 @functools.cache
-def spread() -> tuple[int, ...]:
-    """The sizes every case cycles over: log-uniform from ``SPREAD_MIN`` to
-    ``SPREAD_MAX`` bytes, drawn with ``random.Random(SPREAD_SEED)``."""
+def _draw(draw: str) -> tuple[int, ...]:
+    """``SPREAD_COUNT`` sizes from ``SPREAD_MIN`` to ``SPREAD_MAX`` bytes,
+    drawn with ``random.Random(SPREAD_SEED)``."""
     rng = random.Random(SPREAD_SEED)
+    if draw == "uniform":
+        return tuple(rng.randint(SPREAD_MIN, SPREAD_MAX) for _ in range(SPREAD_COUNT))
+    if draw != "log-uniform":
+        raise ValueError(f"unknown draw {draw!r}")
     lo, hi = SPREAD_MIN.bit_length() - 1, SPREAD_MAX.bit_length() - 1
     return tuple(
         min(SPREAD_MAX, max(SPREAD_MIN, round(2 ** rng.uniform(lo, hi))))
@@ -69,24 +91,48 @@ def spread() -> tuple[int, ...]:
     )
 
 
+#: Frames as they come to a server: as many sizes in each power of two, so
+#: mostly small ones.
+LOG_UNIFORM = Spread(
+    SPREAD_KEY,
+    f"Buffers of a spread of sizes (64 B to 1 MiB, seeded), {IN_FLIGHT} in flight",
+    SPREAD_NAMES[SPREAD_KEY],
+)
+#: The spread the arena issue's figure for ``bytearray(n)`` is of: every
+#: size as likely, so mostly large ones, mapped and zeroed per call.
+UNIFORM = Spread(
+    UNIFORM_SPREAD_KEY,
+    f"Buffers of a uniform spread of sizes (64 B to 1 MiB, seeded), "
+    f"{IN_FLIGHT} in flight",
+    SPREAD_NAMES[UNIFORM_SPREAD_KEY],
+)
+SPREADS = (LOG_UNIFORM, UNIFORM)
+
+
+def spread() -> tuple[int, ...]:
+    """The log-uniform spread's sizes (``benchmarks/trim.py`` cycles over them)."""
+    return LOG_UNIFORM.sizes()
+
+
 def new_arena(**options: Any) -> aiomempool.BufferArena:
     """The arena of the cases: the default classes, ``ARENA_BYTES``."""
     return aiomempool.buffer_arena(ARENA_BYTES, **options)
 
 
-def waste() -> dict[str, Any]:
-    """What rounding up to a class costs over the spread: per allocation,
+def waste(spread: Spread) -> dict[str, Any]:
+    """What rounding up to a class costs over a spread: per allocation,
     ``(good_size(n) - n) / good_size(n)`` (mean and worst) and ``(good_size(n)
     - n) / n`` (mean); and of all the bytes handed out, the share unasked."""
     arena = new_arena(trim_after=None)
     try:
-        sizes = spread()
+        sizes = spread.sizes()
         slots = [arena.good_size(n) for n in sizes]
     finally:
         arena.close()
     of_slot = [(g - n) / g for n, g in zip(sizes, slots, strict=True)]
     of_request = [(g - n) / n for n, g in zip(sizes, slots, strict=True)]
     return {
+        "spread": spread.draw,
         "sizes": len(sizes),
         "min_bytes": SPREAD_MIN,
         "max_bytes": SPREAD_MAX,
@@ -111,11 +157,11 @@ def _check(what: str, allocs: int, frees: int, outstanding: int, want: int) -> N
 # -- the cases ---------------------------------------------------------------
 
 
-def bytearray_cycle() -> Batch:
+def bytearray_cycle(spread: Spread) -> Batch:
     """``bytearray(n)`` over the spread with ``IN_FLIGHT`` alive: no pool."""
 
     async def batch(n: int) -> float:
-        sizes = itertools.cycle(spread())
+        sizes = itertools.cycle(spread.sizes())
         ring = [bytearray(next(sizes)) for _ in range(IN_FLIGHT)]
         start = perf_counter_ns()
         for i, size in zip(range(n), sizes, strict=False):
@@ -125,7 +171,7 @@ def bytearray_cycle() -> Batch:
     return batch
 
 
-def class_pools_cycle() -> Batch:
+def class_pools_cycle(spread: Spread) -> Batch:
     """A ``buffer_pool`` per class of the arena, ``alloc_nowait()`` +
     ``free()`` through the one ``arena.good_size(n)`` names: the hand-rolled
     arena. Each pool has the arena's slab geometry and a reserve of one."""
@@ -145,7 +191,7 @@ def class_pools_cycle() -> Batch:
         # Each buffer beside the pool it goes back to, as a user keeps them.
         ring: list[tuple[Any, memoryview | None]] = []
         try:
-            sizes = itertools.cycle(spread())
+            sizes = itertools.cycle(spread.sizes())
             for _ in range(IN_FLIGHT):
                 pool = pools[good_size(next(sizes))]
                 ring.append((pool, pool.alloc_nowait()))
@@ -188,6 +234,7 @@ def class_pools_cycle() -> Batch:
 
 
 def _arena_batch(
+    spread: Spread,
     timed: Callable[[aiomempool.BufferArena, list[Any], Iterator[int], int], Any],
 ) -> Batch:
     """A batch through a new arena: ``IN_FLIGHT`` out, one warm-up pass over
@@ -199,7 +246,7 @@ def _arena_batch(
         arena = new_arena()
         ring: list[Any] = []
         try:
-            sizes = itertools.cycle(spread())
+            sizes = itertools.cycle(spread.sizes())
             ring += [arena.alloc_nowait(next(sizes)) for _ in range(IN_FLIGHT)]
             await timed(arena, ring, sizes, SPREAD_COUNT)  # the warm-up
             elapsed: float = await timed(arena, ring, sizes, n)
@@ -221,7 +268,7 @@ def _arena_batch(
     return batch
 
 
-def arena_nowait_cycle() -> Batch:
+def arena_nowait_cycle(spread: Spread) -> Batch:
     """``arena.alloc_nowait(n)`` + ``arena.free()`` over the spread."""
 
     async def timed(
@@ -235,10 +282,10 @@ def arena_nowait_cycle() -> Batch:
             ring[k] = x
         return perf_counter_ns() - start
 
-    return _arena_batch(timed)
+    return _arena_batch(spread, timed)
 
 
-def arena_alloc_cycle() -> Batch:
+def arena_alloc_cycle(spread: Spread) -> Batch:
     """``await arena.alloc(n)`` + ``arena.free()`` over the spread."""
 
     async def timed(
@@ -252,4 +299,4 @@ def arena_alloc_cycle() -> Batch:
             ring[k] = x
         return perf_counter_ns() - start
 
-    return _arena_batch(timed)
+    return _arena_batch(spread, timed)

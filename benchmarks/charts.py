@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 from benchmarks.cases import AIOMEMPOOL, ELEMENTS
 from benchmarks.harness import Config
 from benchmarks.report import num, read_json, waste_line
-from benchmarks.results import SPREAD_KEY, GroupResult, HandoffRow, Run
+from benchmarks.results import GroupResult, HandoffRow, Run
 
 LOOP_COLORS = {"asyncio": "#4c72b0", "uvloop": "#dd8452"}
 AIOMEMPOOL_COLOR = "#2a7a2a"
@@ -578,7 +578,7 @@ def _cell(value: float | None, ratio: float | None, status: str) -> str:
 
 def _group_tables(run: Run) -> list[str]:
     """A table per group: a row per implementation, a column per loop (and
-    under the spread's, what rounding up to the arena's classes wastes)."""
+    under each spread's, what rounding up to the arena's classes wastes)."""
     lines = []
     for g, group in enumerate(run.loops[0].groups):
         lines += [
@@ -595,8 +595,8 @@ def _group_tables(run: Run) -> list[str]:
                 cells.append(_cell(mine.median, other.ratio(mine), mine.status))
             lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
         lines.append("")
-        if group.key == SPREAD_KEY and run.arena_waste:
-            lines += [waste_line(run.arena_waste) + ".", ""]
+        if run.arena_waste and group.key in run.arena_waste:
+            lines += [waste_line(run.arena_waste[group.key]) + ".", ""]
     return lines
 
 

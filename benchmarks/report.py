@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Config, Handoff
-from benchmarks.results import GroupResult, HandoffRow, LoopResult, Row, Run, Target
+from benchmarks.results import (
+    SPREAD_KEY,
+    GroupResult,
+    HandoffRow,
+    LoopResult,
+    Row,
+    Run,
+    Target,
+)
 
 
 def num(value: float) -> str:
@@ -19,8 +27,9 @@ def num(value: float) -> str:
 def waste_line(w: dict[str, Any]) -> str:
     """``benchmarks.arena.waste()`` in one line, for the terminal and the page."""
     return (
-        f"Waste per allocation over the spread ({w['sizes']:,} sizes, "
-        f"{w['min_bytes']} B to {w['max_bytes'] >> 20} MiB, seed {w['seed']}; "
+        f"Waste per allocation over the {w.get('spread', 'log-uniform')} spread "
+        f"({w['sizes']:,} sizes, {w['min_bytes']} B to {w['max_bytes'] >> 20} MiB, "
+        f"seed {w['seed']}, mean {w['mean_request_bytes'] / 1024:,.0f} KiB; "
         f"{w['classes']} classes): of the slot, mean {w['mean_of_slot']:.1%}, "
         f"worst {w['worst_of_slot']:.1%}; relative to n, mean "
         f"{w['mean_of_request']:.1%}; of all bytes handed out, {w['of_bytes']:.1%}"
@@ -177,5 +186,13 @@ def read_json(path: Path) -> Run:
         loops,
         servers=data.get("servers"),
         seconds=data["seconds"],
-        arena_waste=data.get("arena_waste"),
+        arena_waste=_waste(data.get("arena_waste")),
     )
+
+
+def _waste(raw: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
+    """The waste figures by group, as a run writes them; a run written before
+    the uniform spread had those of the log-uniform spread alone."""
+    if raw is not None and "sizes" in raw:
+        return {SPREAD_KEY: raw}
+    return raw

@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +25,12 @@ SEMAPHORE = "asyncio.Semaphore + list"
 CONDITION = "asyncio.Condition + list"
 
 
-# The group of a spread of sizes (benchmarks/arena.py): its key and labels.
+# The groups of a spread of sizes (benchmarks/arena.py): their keys, what
+# each spread is called in the targets and the waste lines, and the labels
+# (the same in both groups).
 SPREAD_KEY = "buffers-spread"
+UNIFORM_SPREAD_KEY = "buffers-uniform"
+SPREAD_NAMES = {SPREAD_KEY: "log-uniform", UNIFORM_SPREAD_KEY: "uniform"}
 SPREAD_BYTEARRAY_LABEL = "bytearray(n)"
 SPREAD_QUEUE_LABEL = "asyncio.Queue of bytearray(65536), one size for every n"
 SPREAD_CLASS_POOLS_LABEL = (
@@ -134,10 +139,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def targets(
-    loop: LoopResult, buffer_sizes: tuple[int, ...], spread_key: str | None = None
+    loop: LoopResult, buffer_sizes: tuple[int, ...], spread_keys: Iterable[str] = ()
 ) -> list[Target]:
     """The speed targets of the core, buffers and arena issues, on one loop
-    (the arena's from the group ``spread_key``, if given)."""
+    (the arena's on each group of ``spread_keys``, its line naming the
+    spread)."""
 
     def uncontended(group: str, ours: str, theirs: str) -> float | None:
         g = loop.group(group)
@@ -207,20 +213,21 @@ def targets(
                 False,
             )
         )
-    if spread_key is not None:
+    for key in spread_keys:
         # The arena issue: over a spread of sizes, at least 10 times faster
         # than bytearray(n); awaited, at most 0.8 times the Queue pool of one
         # size (64 KiB bytearrays, 64 in flight).
+        name = SPREAD_NAMES.get(key, key)
         specs += [
             (
-                "arena alloc_nowait(n) + free() / bytearray(n), over the spread",
-                uncontended(spread_key, ARENA_NOWAIT_LABEL, SPREAD_BYTEARRAY_LABEL),
+                f"arena alloc_nowait(n) + free() / bytearray(n), {name} spread",
+                uncontended(key, ARENA_NOWAIT_LABEL, SPREAD_BYTEARRAY_LABEL),
                 0.1,
                 False,
             ),
             (
-                "arena await alloc(n) + free() / Queue of 64 KiB buffers (one size)",
-                uncontended(spread_key, ARENA_ALLOC_LABEL, SPREAD_QUEUE_LABEL),
+                f"arena await alloc(n) + free() / Queue of 64 KiB, {name} spread",
+                uncontended(key, ARENA_ALLOC_LABEL, SPREAD_QUEUE_LABEL),
                 0.8,
                 False,
             ),
@@ -311,9 +318,9 @@ class Run:
     closest: list[Closest] = field(default_factory=list)
     servers: dict[str, Any] | None = None
     seconds: float = 0.0
-    #: What rounding up to the arena's classes wastes over the spread of
-    #: sizes (``benchmarks.arena.waste()``).
-    arena_waste: dict[str, Any] | None = None
+    #: What rounding up to the arena's classes wastes over each spread of
+    #: sizes, by the key of its group (``benchmarks.arena.waste()``).
+    arena_waste: dict[str, dict[str, Any]] | None = None
 
 
 def _cpu_model() -> str:

@@ -11,13 +11,15 @@ Measured in one run, on each loop, every group interleaved (see harness):
 * buffers of 4 KiB, 64 KiB and 256 KiB with 64 in flight: ``bytearray(n)``,
   an ``asyncio.Queue`` of them, and ``buffer_pool`` where this version has it;
 * buffers of a seeded spread of sizes, 64 B to 1 MiB, 64 in flight
-  (``benchmarks/arena.py``): ``bytearray(n)``, a Queue of 64 KiB buffers, a
-  ``buffer_pool`` per size class, and ``buffer_arena``;
+  (``benchmarks/arena.py``), twice: log-uniform (mostly small, frames as
+  they come) and uniform (mostly large, the arena issue's spread); each
+  with ``bytearray(n)``, a Queue of 64 KiB buffers, a ``buffer_pool`` per
+  size class, and ``buffer_arena``;
 * contended hand-off: 1,000 tasks share 16 elements, each looping take,
   ``await asyncio.sleep(0)``, give back; cycles per second over the run and
   how long each take waited (p50, p99, max).
 
-Once per run, what rounding up to the arena's classes wastes over the
+Once per run, what rounding up to the arena's classes wastes over each
 spread; then the targets of the project's issues, PASS or MISS. A full run
 writes ``results.json``, the charts and the page's table into
 ``docs/assets/benchmarks/``; ``--quick`` writes nothing there (only where
@@ -131,29 +133,42 @@ def groups(libs: list[libraries.Loaded]) -> list[Group]:
                 ],
             )
         )
-    out.append(
-        Group(
-            arena.GROUP_KEY,
-            arena.GROUP_TITLE,
-            "ns/cycle",
-            res.SPREAD_BYTEARRAY_LABEL,
-            [
-                Case(res.SPREAD_BYTEARRAY_LABEL, NO_POOL, arena.bytearray_cycle()),
-                Case(
-                    res.SPREAD_QUEUE_LABEL,
-                    HAND_ROLLED,
-                    handrolled.queue_buffer_cycle(arena.QUEUE_SIZE),
-                ),
-                Case(
-                    res.SPREAD_CLASS_POOLS_LABEL,
-                    HAND_ROLLED,
-                    arena.class_pools_cycle(),
-                ),
-                Case(res.ARENA_NOWAIT_LABEL, AIOMEMPOOL, arena.arena_nowait_cycle()),
-                Case(res.ARENA_ALLOC_LABEL, AIOMEMPOOL, arena.arena_alloc_cycle()),
-            ],
+    for spread in arena.SPREADS:
+        out.append(
+            Group(
+                spread.key,
+                spread.title,
+                "ns/cycle",
+                res.SPREAD_BYTEARRAY_LABEL,
+                [
+                    Case(
+                        res.SPREAD_BYTEARRAY_LABEL,
+                        NO_POOL,
+                        arena.bytearray_cycle(spread),
+                    ),
+                    Case(
+                        res.SPREAD_QUEUE_LABEL,
+                        HAND_ROLLED,
+                        handrolled.queue_buffer_cycle(arena.QUEUE_SIZE),
+                    ),
+                    Case(
+                        res.SPREAD_CLASS_POOLS_LABEL,
+                        HAND_ROLLED,
+                        arena.class_pools_cycle(spread),
+                    ),
+                    Case(
+                        res.ARENA_NOWAIT_LABEL,
+                        AIOMEMPOOL,
+                        arena.arena_nowait_cycle(spread),
+                    ),
+                    Case(
+                        res.ARENA_ALLOC_LABEL,
+                        AIOMEMPOOL,
+                        arena.arena_alloc_cycle(spread),
+                    ),
+                ],
+            )
         )
-    )
     return out
 
 
@@ -279,8 +294,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     libs = libraries.load()
     run = res.Run(mode, cfg, res.machine(), versions(libs))
     report.print_header(run)
-    run.arena_waste = arena.waste()
-    print(report.waste_line(run.arena_waste))
+    run.arena_waste = {spread.key: arena.waste(spread) for spread in arena.SPREADS}
+    for waste in run.arena_waste.values():
+        print(report.waste_line(waste))
     all_groups, all_contenders = groups(libs), contenders(libs)
     handoff_title = (
         f"Contended hand-off: {cfg.tasks:,} tasks share {ELEMENTS} elements "
@@ -290,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         loop = measure_loop(name, factory, cfg, all_groups, all_contenders)
         report.print_loop(loop, handoff_title)
         run.loops.append(loop)
-        run.targets += res.targets(loop, BUFFER_SIZES, arena.GROUP_KEY)
+        run.targets += res.targets(
+            loop, BUFFER_SIZES, [spread.key for spread in arena.SPREADS]
+        )
         run.closest += res.closest(loop)
     if args.servers:
         run.servers = _servers(args.quick)
