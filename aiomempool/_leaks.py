@@ -33,13 +33,14 @@ class _Watch:
     as the alias or any view derived from it: when the last goes, ``_gone``
     runs, unless ``take_back()`` (a free) dropped the reference first."""
 
-    __slots__ = ("_slot", "key", "ref", "sampler", "site")
+    __slots__ = ("_slot", "key", "nbytes", "ref", "sampler", "site")
 
     def __init__(self, sampler: LeakSampler, slot: memoryview, exporter: Any) -> None:
         self.sampler = sampler
         self._slot = slot
         self.site = call_site()
         self.key = 0
+        self.nbytes = 0  # the alias's length, as lent
         self.ref: weakref.ref[Any] | None = weakref.ref(exporter, self._gone)
 
     def _gone(self, ref: weakref.ref[Any]) -> None:
@@ -120,6 +121,7 @@ class LeakSampler:
         view, exporter = alias(slot if length is None else slot[:length])
         watch = _Watch(self, slot, exporter)
         watch.key = id(view)
+        watch.nbytes = len(view)
         self._cache._add_alias(watch.key, watch)
         loop = running_loop()
         if loop is not None:

@@ -379,6 +379,13 @@ class BufferArena:
         short: dict[int, int] = {}  # bytes not asked for, of slices out
         for part, slot, pool in self._lent.values():
             short[id(pool)] = short.get(id(pool), 0) + len(slot) - len(part)
+        for size, pool in zip(self._classes, self._pools, strict=True):
+            # Debug mode's fresh views and the sampler's aliases are of the
+            # bytes asked for.
+            lent = pool._debug.lent_sizes() if pool._debug is not None else []
+            lent += pool._allocator._alias_sizes()
+            if lent:
+                short[id(pool)] = short.get(id(pool), 0) + sum(size - n for n in lent)
         classes = []
         in_use = requested = 0
         for size, pool in zip(self._classes, self._pools, strict=True):
@@ -737,6 +744,7 @@ class BufferArena:
                 # Handed before the cancellation arrived: back, for the
                 # next in line.
                 for slot in passed_on.elements:
+                    pool._received(slot)
                     pool._give_back(slot)
             self._serve()
             if type(exc) is RuntimeError and fut.get_loop() is not running_loop():
@@ -754,6 +762,8 @@ class BufferArena:
         if got is CLOSED:
             raise PoolClosedError(f"{self!r}: closed while waiting")
         handful: _Handful = got
+        for slot in handful.elements:
+            pool._received(slot)
         pool._taken(count, handful.from_reserve)
         pool._waited(time.perf_counter() - start)
         return handful.elements
@@ -777,6 +787,10 @@ class BufferArena:
             if got is None:
                 return
             line.hand(_Handful(*got))
+            for slot in got[0]:
+                # Out of the holder set until the waiter has them: a second
+                # free meanwhile is refused (TrackedPool's hand-off books).
+                want.pool._handed(slot)
 
     def _expire(self, fut: asyncio.Future[Any]) -> None:
         """A waiter's deadline: it leaves the line, and those behind it may

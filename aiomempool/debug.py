@@ -201,6 +201,10 @@ class PoolDebug(Generic[T]):
             self._recheck = loop.call_soon(self._retry_later)
         return None
 
+    def lent_sizes(self) -> list[int]:
+        """The lengths of what is lent now, for those that have one."""
+        return [len(loan.lent) for loan in self._out.values() if loan.ref is not None]
+
     def freed(self, lent: object) -> bool:
         """True if ``lent`` is a fresh view this pool lent and had back."""
         record = self._freed.get(id(lent))

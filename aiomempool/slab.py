@@ -70,6 +70,8 @@ class _Alias(Protocol):
 
     @property
     def slot(self) -> memoryview: ...
+    @property
+    def nbytes(self) -> int: ...
     def is_alias(self, view: object) -> bool: ...
     def take_back(self) -> memoryview: ...
 
@@ -481,6 +483,9 @@ class SlabCache:
             return False
         if budget is not None:
             budget.charge(length)
+            # A new slab may empty with fewer frees than _reclaim()'s last
+            # look counted for the others: look again.
+            self._unreclaimable = 0
         slab = _Slab(self._next_number, block, self._object_size)
         self._next_number += 1
         self._slabs[slab.number] = slab
@@ -664,6 +669,10 @@ class SlabCache:
         """Forget ``alias`` (its view was dropped), if still registered."""
         if self._aliases.get(key) is alias:
             del self._aliases[key]
+
+    def _alias_sizes(self) -> list[int]:
+        """The lengths of the aliases registered, as they were lent."""
+        return [alias.nbytes for alias in self._aliases.values()]
 
     def _alias_slot(self, view: object) -> memoryview | None:
         """The slot ``view`` is a registered alias of, or None."""

@@ -572,3 +572,32 @@ async def test_in_debug_mode_a_buffer_out_of_quarantine_serves_a_waiter() -> Non
     arena.free_bulk([got, *held])
     assert arena.stats().total.outstanding == 0
     arena.close()
+
+
+@pytest.mark.asyncio
+async def test_a_second_free_of_a_buffer_handed_to_a_waiter_is_refused() -> None:
+    arena = buffer_arena(2 * 64 * KIB, classes=(64 * KIB,), headroom=0)
+    a = arena.alloc_nowait(64 * KIB)
+    b = arena.alloc_nowait(64 * KIB)  # the reserve's
+    assert a is not None and b is not None
+    waiter = asyncio.ensure_future(arena.alloc(64 * KIB))
+    await asyncio.sleep(0)
+    arena.free(a)  # handed to the waiter, whose task has not run yet
+    with pytest.raises(DoubleFreeError, match="handed to a task waiting"):
+        arena.free(a)
+    got = await asyncio.wait_for(waiter, TIMEOUT)
+    assert arena.alloc_nowait(64 * KIB) is None  # not handed out twice
+    arena.free_bulk([got, b])
+    assert arena.stats().total.outstanding == 0
+    arena.close()
+
+
+def test_bytes_requested_counts_what_debug_and_sampled_loans_asked_for() -> None:
+    for options in ({"debug": True}, {"leak_sampling": 1}):
+        arena = small_arena(**options)
+        view = arena.alloc_nowait(100)
+        assert view is not None and len(view) == 100
+        stats = arena.stats()
+        assert stats.bytes_in_use == KIB and stats.bytes_requested == 100
+        arena.free(view)
+        arena.close()
