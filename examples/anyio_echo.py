@@ -1,11 +1,16 @@
 """An echo server written with anyio, its reads going into pooled buffers.
 
-Connections are served in a task group; each read borrows a buffer with
-``async with pool.element() as buf:`` and a connection idle for longer
-than ``--idle-timeout`` seconds is closed (a cancel scope). On SIGINT or
-SIGTERM the task group is cancelled, with connections parked in the pool
-or in a read; the server prints the pool's stats and exits: every buffer
-is back by then (``outstanding=0``).
+Connections are served in a task group. Each waits for bytes holding no
+buffer; once a read is there, it borrows one with ``async with
+pool.element() as buf:``, works on the bytes in it, and gives it back
+before it sends the reply. So a connection holds a buffer only while it
+has bytes in hand, never while it waits: thousands of idle connections,
+or clients that never read their replies, hold none, and cannot keep the
+pool from the others. A connection idle for longer than
+``--idle-timeout`` seconds is closed (a cancel scope). On SIGINT or
+SIGTERM the task group is cancelled, with connections parked in a read,
+in the pool or in a send; the server prints the pool's stats and exits:
+every buffer is back by then (``outstanding=0``).
 
     python examples/anyio_echo.py [--port 7000] [--uvloop] [--idle-timeout 30]
 """
@@ -22,47 +27,63 @@ import anyio.abc
 
 from aiomempool import Mempool, buffer_pool
 
-# Why the bytes are copied into the pooled buffer, not received into it:
+# Why a buffer is borrowed after the receive, and given back before the send:
 #
 # * anyio's TCP streams on asyncio are built on a transport: the transport
 #   reads the socket itself, and ``receive(max_bytes)`` returns bytes it
 #   already holds. Receiving into our buffer from the raw socket
 #   (``stream.extra(SocketAttribute.raw_socket)`` with
-#   ``loop.sock_recv_into()``) would race the transport for the same bytes;
+#   ``loop.sock_recv_into()``, or ``anyio.wait_readable()`` then
+#   ``sock.recv_into()``) would race the transport for the same bytes;
 #   asyncio refuses it outright ("File descriptor ... is used by
-#   transport"). So each read is copied into a buffer of the pool, where a
-#   real server would parse or transform it.
+#   transport"). So ``receive()`` is the wait for bytes, and it needs no
+#   buffer of ours: borrowing one before it would pin a buffer per idle
+#   connection (a few hundred silent clients would hold the whole pool,
+#   and everyone else would wait in line behind them). Each read is copied
+#   into a buffer of the pool, where a real server would parse or
+#   transform it.
 # * ``stream.send()`` calls ``transport.write()`` and returns once the
 #   transport is below its high-water mark, not once the bytes are sent;
 #   on Python 3.12+ and uvloop the transport keeps a view of what it is
 #   given. Sending a view of the pooled buffer and then giving the buffer
-#   back would let the next borrower overwrite bytes still queued. So what
-#   is sent is a copy, ``bytes(...)``, and the buffer goes back as soon as
-#   the block ends.
+#   back would let the next borrower overwrite bytes still queued; holding
+#   the buffer until ``send()`` returns would let a client that never reads
+#   its replies pin it. So the reply is a copy, ``bytes(...)``, made before
+#   the buffer goes back, and sent after.
 
 
 async def echo(
-    stream: anyio.abc.SocketStream, pool: Mempool[memoryview], idle_timeout: float
+    stream: anyio.abc.SocketStream,
+    pool: Mempool[memoryview],
+    buffer_size: int,
+    idle_timeout: float,
 ) -> None:
-    """Echo one connection until EOF, an error or ``idle_timeout``."""
+    """Echo one connection until EOF, an error or ``idle_timeout``.
+
+    A buffer of ``pool`` (of ``buffer_size`` bytes) is held only from a
+    read's arrival to its reply's copy: not in the wait for bytes, nor in
+    the send.
+    """
     async with stream:
         while True:
-            # Cancelled anywhere in here (idle timeout, shutdown), the
-            # buffer goes back to the pool: element() frees it on exit,
-            # and a wait in line for one is left without losing any.
-            async with pool.element() as buf:
-                with anyio.move_on_after(idle_timeout):
-                    try:
-                        data = await stream.receive(len(buf))
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
+            with anyio.move_on_after(idle_timeout):
+                try:
+                    # The wait for bytes: no buffer held (see above).
+                    data = await stream.receive(buffer_size)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return
+                # Cancelled in here (idle timeout, shutdown), the buffer goes
+                # back to the pool: element() frees it on exit, and a wait in
+                # line for one is left without losing any.
+                async with pool.element() as buf:
                     n = len(data)
-                    buf[:n] = data
-                    try:
-                        await stream.send(bytes(buf[:n]))  # a copy: see above
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        return
-                    continue
+                    buf[:n] = data  # where a real server parses, transforms
+                    reply = bytes(buf[:n])  # a copy: see above
+                try:
+                    await stream.send(reply)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+                continue
             return  # idle for idle_timeout seconds (send included)
 
 
@@ -136,7 +157,7 @@ async def serve(args: argparse.Namespace) -> None:
             print(f"listening on {host}:{port}", flush=True)
 
             async def handle(stream: anyio.abc.SocketStream) -> None:
-                await echo(stream, pool, args.idle_timeout)
+                await echo(stream, pool, args.buffer_size, args.idle_timeout)
 
             # serve() starts each connection's handler in tg: cancelling tg
             # cancels them all, and the with block waits until they are done.

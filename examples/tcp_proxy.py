@@ -1,18 +1,35 @@
 """A TCP proxy whose buffers travel from one side to the other.
 
 Each connection accepted is paired with a connection to the upstream
-server. Every read, on either side, lands in a buffer of a ``buffer_pool``
-(each side is a ``PooledBufferedProtocol``); ``take_buffer()`` hands that
-very buffer to the other side's ``PooledWriter``,
-which gives it back to the pool only once the transport has sent it (on
-Python 3.12+ and uvloop, ``transport.write()`` keeps a view of what it is
-given until it is sent). No copy, and no buffer reused too early.
+server. Every read, on either side, lands in a buffer of a pool (each side
+is a ``PooledBufferedProtocol``). A large read (``SMALL_READ`` of a buffer
+or more) is sent without a copy: ``take_buffer()`` hands that very buffer
+to the other side's ``PooledWriter``, which gives it back to the pool only
+once the transport has sent it (on Python 3.12+ and uvloop,
+``transport.write()`` keeps a view of what it is given until it is sent).
+A small read is copied instead, ``transport.write(bytes(view))``, and its
+buffer goes back at once: a 64 KiB buffer held for every 1 KB message
+queued would let a few clients that never read their replies hold the
+whole pool.
 
-Backpressure: when one side's transport has too much queued (its
-``pause_writing()``), the proxy stops reading from the other side until it
-drains (``resume_writing()``). When the pool is dry, a side stops reading
-and waits in line for a buffer. On SIGINT or SIGTERM it prints the pool's
-stats and shuts down: every buffer is back by then (``outstanding=0``).
+Backpressure counts buffers, not only bytes. A side stops reading while
+the other side's writer holds ``MAX_QUEUED`` buffers of its reads (not
+sent yet), and reads on once they are all sent; and while the other side's
+transport has more bytes queued than its high-water mark (its
+``pause_writing()``, 64 KiB by default), until it drains
+(``resume_writing()``). So one direction of a connection holds at most
+``MAX_QUEUED + 2`` buffers of the pool: ``MAX_QUEUED`` queued, one more
+read that fills a buffer as reading stops, and the one it reads into. A
+connection, both directions, holds at most ``2 * (MAX_QUEUED + 2)``
+buffers, 1.25 MiB of 64 KiB buffers, however slowly its peers read (the
+copies of small reads add about the transports' high-water marks). A pool
+of ``max_nr`` buffers thus never runs dry for fewer than ``max_nr / 20``
+connections (51 at the default 1024); when it does all the same, a side
+stops reading and waits in line for a buffer.
+
+On SIGINT or SIGTERM it shuts down, then prints the pool's stats (with the
+most buffers ever out at once, ``high_water``): every buffer is back by
+then (``outstanding=0``).
 
     python examples/tcp_proxy.py --upstream HOST:PORT [--port 7000] [--uvloop]
 """
@@ -26,31 +43,63 @@ import signal
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
-from aiomempool import Mempool, PooledBufferedProtocol, PooledWriter, buffer_pool
+from aiomempool import (
+    Mempool,
+    PooledBufferedProtocol,
+    PooledWriter,
+    SlabCache,
+    slab_pool,
+)
 
 #: On shutdown, how long connections may flush what they have queued.
 GRACE_S = 2.0
+#: Buffers of one side's reads that the other side's writer may hold, not
+#: sent yet, before that side stops reading (until they are all sent).
+MAX_QUEUED = 8
+#: A read of fewer bytes than this share of a buffer is copied, not taken.
+SMALL_READ = 1 / 8
+#: Seconds after which wholly free slabs of the pool go back (buffer_pool's).
+TRIM_AFTER = 30.0
 
 
 class Proxy:
     """What every connection shares: the pool, the sides, the counters."""
 
-    def __init__(self, pool: Mempool[memoryview], upstream: tuple[str, int]) -> None:
+    def __init__(
+        self, pool: Mempool[memoryview], buffer_size: int, upstream: tuple[str, int]
+    ) -> None:
         self.pool = pool
         self.upstream = upstream
+        #: Reads of fewer bytes are copied (see SMALL_READ).
+        self.small_read = max(1, int(buffer_size * SMALL_READ))
         self.sides: set[Side] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.pauses = 0  # reading paused for the other side's backpressure
+        self.tasks: set[asyncio.Task[None]] = set()  # cancelled on shutdown
+        # Writers of lost connections that still hold buffers (on uvloop an
+        # aborted transport drops its queue only after connection_lost()):
+        # waited for on shutdown, so that every buffer is back by then.
+        self.draining: set[asyncio.Task[None]] = set()
+        self.pauses = 0  # reading paused for the other side's bytes queued
+        self.buffer_pauses = 0  # ... for the other side's buffers queued
+        self.most_queued = 0  # the most buffers a writer held at once
+        self.copies = 0  # small reads copied, their buffers back at once
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def drain(self, writer: PooledWriter) -> None:
+        """Wait, in the background, until ``writer`` has given back every
+        buffer (a lost transport's: shutdown waits for it too)."""
+        task = asyncio.get_running_loop().create_task(writer.wait_sent())
+        self.draining.add(task)
+        task.add_done_callback(self.draining.discard)
+
 
 class Side(PooledBufferedProtocol):
-    """One connection of a pair: each read's buffer goes, whole, to the
-    other side's ``PooledWriter`` (``take_buffer()``).
+    """One connection of a pair: each large read's buffer goes, whole, to
+    the other side's ``PooledWriter`` (``take_buffer()``); a small read is
+    copied to the other side's transport.
 
     Ownership: the protocol holds the buffer being read into, and a dry
     pool's wait (``PooledBufferedProtocol``); a buffer taken is held by
@@ -60,8 +109,10 @@ class Side(PooledBufferedProtocol):
 
     Reading is paused while any reason in ``_blocked`` holds: "link" (the
     other side is not connected yet), "peer" (the other side's transport
-    asked us to stop: backpressure). The protocol pauses it too while it
-    waits for a buffer, and resumes only once neither it nor we hold it.
+    asked us to stop: its bytes queued), "queue" (the other side's writer
+    holds ``MAX_QUEUED`` buffers of our reads: until it has sent them). The
+    protocol pauses it too while it waits for a buffer, and resumes only
+    once neither it nor we hold it.
     """
 
     def __init__(self, proxy: Proxy) -> None:
@@ -72,8 +123,9 @@ class Side(PooledBufferedProtocol):
         self.eof = False  # this side sent us its EOF
         self.lost = asyncio.get_running_loop().create_future()
         self._blocked: set[str] = set()
-        # Read before linked(): buffers taken from the protocol, bytes in each.
-        self._early: list[tuple[memoryview, int]] = []
+        # Read before linked(), in order: a buffer taken from the protocol
+        # and the bytes in it, or a small read's copy.
+        self._early: list[tuple[memoryview, int] | bytes] = []
 
     # -- reading, paused for any of several reasons -------------------------
 
@@ -100,22 +152,32 @@ class Side(PooledBufferedProtocol):
 
     def view_received(self, view: memoryview) -> None:
         peer = self.peer
+        small = len(view) < self.proxy.small_read
         if peer is None and "link" in self._blocked:
             # Read before the other side is there (uvloop reads accepted
             # connections once, paused or not): the protocol holds such bytes
             # until linked() resumes reading, but for a read that fills a
             # buffer and the end of the stream, delivered here. Kept, in
             # order, until linked().
-            self._early.append((self.take_buffer(), len(view)))
+            self._early.append(
+                bytes(view) if small else (self.take_buffer(), len(view))
+            )
             self.pause_reading()
             return
         if peer is None or peer.transport.is_closing():
             return  # the other side is going away: nowhere to send them
+        if small:
+            # A copy, which the transport owns: the buffer goes back to the
+            # pool as soon as we return. pause_writing() may be called in
+            # there, and pause our reading.
+            peer.transport.write(bytes(view))
+            self.proxy.copies += 1
+            return
         assert peer.writer is not None
         # From here the buffer is the writer's: it goes back to the pool once
-        # peer's transport has sent it. pause_writing() may be called in
-        # there, and pause our reading.
+        # peer's transport has sent it.
         peer.writer.write(self.take_buffer(), len(view))
+        self._limit_queue(peer.writer)
 
     def eof_received(self) -> bool:
         super().eof_received()  # the bytes read before it first
@@ -148,7 +210,9 @@ class Side(PooledBufferedProtocol):
 
     def resume_writing(self) -> None:
         if self.writer is not None:
-            self.writer.release_sent()  # give buffers back without the timer
+            # Give buffers back without the timer: this wakes the other
+            # side's _read_on() too, if they were all that was queued.
+            self.writer.release_sent()
         if self.peer is not None:
             self.peer.unblock("peer")
 
@@ -156,10 +220,16 @@ class Side(PooledBufferedProtocol):
         super().connection_lost(exc)  # gives back what the protocol holds
         self.proxy.sides.discard(self)
         early, self._early = self._early, []
-        for buf, _ in early:
-            self.pool.free(buf)
-        if self.writer is not None:
-            self.writer.release_sent()  # a lost transport dropped its queue
+        for read in early:
+            if not isinstance(read, bytes):
+                self.pool.free(read[0])
+        writer = self.writer
+        if writer is not None:
+            writer.release_sent()  # a lost transport dropped its queue...
+            if writer.pending:
+                # ... but uvloop's, aborted, says so only after this call:
+                # the writer's timer gives those buffers back then.
+                self.proxy.drain(writer)
         peer = self.peer
         if peer is not None:
             if exc is None:
@@ -182,14 +252,40 @@ class Side(PooledBufferedProtocol):
         self.peer = peer
         early, self._early = self._early, []
         assert peer.writer is not None
-        for buf, nbytes in early:
-            if peer.transport.is_closing():  # nowhere to send them
-                self.pool.free(buf)
+        for read in early:
+            if isinstance(read, bytes):
+                if not peer.transport.is_closing():
+                    peer.transport.write(read)
             else:
-                peer.writer.write(buf, nbytes)
+                buf, nbytes = read
+                if peer.transport.is_closing():  # nowhere to send them
+                    self.pool.free(buf)
+                else:
+                    peer.writer.write(buf, nbytes)
         if self.eof:
             self._pass_eof()
+        self._limit_queue(peer.writer)
         self.unblock("link")
+
+    def _limit_queue(self, writer: PooledWriter) -> None:
+        """After a write of our reads to ``writer`` (the other side's): if it
+        holds ``MAX_QUEUED`` buffers or more, stop reading until it has sent
+        them all."""
+        pending = writer.pending
+        if pending > self.proxy.most_queued:
+            self.proxy.most_queued = pending
+        if pending >= MAX_QUEUED and "queue" not in self._blocked:
+            self.proxy.buffer_pauses += 1
+            self.block("queue")
+            self.proxy.spawn(self._read_on(writer))
+
+    async def _read_on(self, writer: PooledWriter) -> None:
+        """Read again once ``writer`` has sent every buffer of ours: the
+        writer's timer, or our peer's resume_writing(), frees them as they
+        are sent; and all of them once its transport is lost. Cancelled on
+        shutdown, it leaves reading paused."""
+        await writer.wait_sent()
+        self.unblock("queue")
 
 
 async def link(proxy: Proxy, client: Side) -> None:
@@ -229,6 +325,8 @@ async def shutdown(proxy: Proxy, server: asyncio.Server) -> None:
     for side in sides:
         if side.writer is not None:
             await asyncio.wait_for(side.writer.wait_sent(), timeout=5)
+    if proxy.draining:  # lost connections' writers, still giving back
+        await asyncio.wait_for(asyncio.gather(*proxy.draining), timeout=5)
     await asyncio.wait_for(server.wait_closed(), timeout=5)
 
 
@@ -275,10 +373,17 @@ def parse_address(text: str) -> tuple[str, int]:
 
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    pool = buffer_pool(
-        args.buffer_size, min_nr=args.min_nr, max_nr=args.max_nr, name="proxy"
+    # What buffer_pool() builds, with the cache at hand: its stats count the
+    # most buffers ever out at once (high_water).
+    cache = SlabCache(
+        args.buffer_size, max_objects=args.max_nr, name="proxy", trim_after=TRIM_AFTER
     )
-    proxy = Proxy(pool, args.upstream)
+    try:
+        pool = slab_pool(args.min_nr, cache, name="proxy")
+    except BaseException:
+        cache.close()
+        raise
+    proxy = Proxy(pool, args.buffer_size, args.upstream)
     try:
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -298,11 +403,14 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
         await shutdown(proxy, server)
         print(
-            f"stats: {proxy.pool.stats()} backpressure_pauses={proxy.pauses}",
+            f"stats: {proxy.pool.stats()} high_water={cache.stats().high_water} "
+            f"most_queued={proxy.most_queued} backpressure_pauses={proxy.pauses} "
+            f"buffer_pauses={proxy.buffer_pauses} copies={proxy.copies}",
             flush=True,
         )
     finally:
         pool.close()
+        cache.close()  # the pool's own cache: slab_pool() leaves it open
 
 
 def main() -> None:
