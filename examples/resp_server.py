@@ -3,15 +3,52 @@
 PING, ECHO, SET, GET, DEL, INCR and CONFIG GET (enough for ``redis-cli``
 and ``redis-benchmark -t ping,set,get``), pipelined or not, as RESP arrays
 or inline (``printf 'PING\n' | nc 127.0.0.1 PORT``: split as redis-server
-splits them, quotes included, one ended by a bare LF too). Commands are
-parsed straight from the pool's buffer by slicing memoryviews; only the
-keys and values it stores are copied. A command cut by the end of a read
-is kept at the start of the buffer (``keep_buffer()``) and completed by the
-next reads; one larger than a buffer is gathered in a bytearray instead.
-On SIGINT or SIGTERM it prints the pool's stats and shuts down.
+splits them, quotes included, one ended by a bare LF too). On SIGINT or
+SIGTERM it prints the arena's stats and shuts down.
 
-    python examples/resp_server.py [--port 6379] [--uvloop]
+    python examples/resp_server.py [--port 6379] [--uvloop] [--max-bytes N]
     redis-benchmark -p PORT -t ping,set,get -q
+
+Reads land in receive buffers of a ``buffer_arena()`` (``--buffer-size``
+bytes each, ``--min-nr`` of them reserved), whose budget (``--max-bytes``;
+or ``--max-nr`` receive buffers beyond what the reserves pin, as a
+``buffer_pool()``'s ``max_nr``) bounds every buffer the connections hold.
+Commands are parsed straight from the receive buffer by slicing
+memoryviews, and a read's replies go out in one write; only the keys and
+values it stores are copied.
+
+A command cut by the end of a read is parsed once, never again from its
+start: its arguments so far are copied (they are small) and the parse
+goes on where it stopped. The argument it was cut in is kept
+(``keep_buffer()``, which moves a few bytes into a buffer of their size,
+so an idle or trickling client holds what it sent, not a receive buffer),
+or, if it does not fit a receive buffer (a big SET value), gathered in
+the arena's buffers (``gather()``) and received whole in
+``frame_received()``. Each connection may hold ``max_held`` bytes for an
+unfinished command (64 MiB, or half the budget if that is less: a
+2.8 MB DEL of 400,000 keys runs): its arguments, copied, count at their
+size plus ``ARG_OVERHEAD`` each, and the argument being received at its
+declared length, so a command that declares more is answered ``-ERR`` and
+the connection closed before any of it is held.
+
+A value is stored as the reply GET gives: one ``bytes`` if it fit a
+receive buffer, else a tuple of pieces copied out of the buffers it was
+gathered in, which GET writes with ``writelines()`` without joining them
+(asyncio joins them on Python 3.11, not from 3.12 on; uvloop never does).
+The store is outside the budget, and a gathered SET gives its buffers
+back at once: keeping the chain instead would put the store in the
+budget, and a DEL could give a buffer back to the arena while a GET's
+reply still sits in a transport's write buffer.
+
+Replies are bounded by the transport's flow control: a read's commands
+are executed until the replies would pass the write buffer's high-water
+mark; if the transport then pauses writing (``pause_writing()``), the
+rest of the read waits, copied (at most one read per connection), and
+reading pauses; ``resume_writing()`` executes it and resumes reading.
+Besides the budget and the store, memory is bounded per connection by
+the write buffer (its high-water mark, 64 KiB, plus the last reply), the
+commands waiting for it (one read), and the copied arguments of an
+unfinished command (within ``max_held``).
 """
 
 from __future__ import annotations
@@ -21,10 +58,20 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NoReturn
 
-from aiomempool import Mempool, PooledBufferedProtocol, buffer_pool
+from aiomempool import (
+    BufferArena,
+    BufferChain,
+    Mempool,
+    PooledBufferedProtocol,
+    buffer_arena,
+    default_classes,
+)
+from aiomempool.arena import ARENA_SLAB_BYTES
 
 # The headers of a command: "*3\r\n" (an array of 3 arguments), then
 # "$5\r\n" before each argument (a bulk string of 5 bytes). HEAD matches
@@ -40,9 +87,16 @@ LF = re.compile(rb"\n").search
 # and the two blanks that split() splits on but redis-server keeps inside
 # an argument (vertical tab, form feed).
 NOT_PLAIN = re.compile(rb"[\"'\v\f]").search
-MAX_BULK = 512 * 1024 * 1024  # Redis's proto-max-bulk-len
+MAX_BULK = 512 * 1024 * 1024  # Redis's proto-max-bulk-len; max_held is lower
 MAX_ARGS = 1024 * 1024
 MAX_INLINE = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
+#: The per-connection quota, ``max_held``: bytes an unfinished command may
+#: hold (or half the budget, if less).
+MAX_HELD = 64 * 1024 * 1024
+#: What a copied argument of an unfinished command costs beyond its bytes,
+#: for the quota: the bytes object and its slot in the list.
+ARG_OVERHEAD = 64
+MIB = 1024 * 1024
 
 OK = b"+OK\r\n"
 NIL = b"$-1\r\n"
@@ -52,6 +106,22 @@ CONFIG = {b"save": b"", b"appendonly": b"no"}
 
 class ProtocolError(Exception):
     """The client sent something that is not RESP."""
+
+
+class Copied(bytes):
+    """An argument of a command cut by the end of a read, copied out of the
+    receive buffer; ``tobytes()`` as a memoryview's (what the commands call)."""
+
+    __slots__ = ()
+
+    def tobytes(self) -> bytes:
+        return bytes(self)
+
+
+#: An argument: a slice of the receive buffer, or a copy.
+Arg = memoryview | Copied
+#: A reply: one bytes, or the pieces of a big value's, written as they are.
+Reply = bytes | tuple[bytes, ...]
 
 
 def bulk(value: bytes | memoryview) -> bytes:
@@ -120,11 +190,31 @@ def parse_rare(view: memoryview, pos: int) -> tuple[list[memoryview], int] | Non
         if len(view) - pos >= MAX_INLINE:
             raise ProtocolError("too big inline request")
         return None
+    return inline_args(view[pos : m.start()].tobytes()), m.end()
+
+
+def inline_args(line: bytes) -> list[memoryview]:
+    """The arguments of an inline command's line (its LF left out)."""
     # The CR of a CRLF is kept: both splits take it for a blank, and a CR
     # inside quotes leaves them unclosed at the end of the line either way.
-    line = view[pos : m.start()].tobytes()
     args = line.split() if NOT_PLAIN(line) is None else split_inline(line)
-    return [memoryview(arg) for arg in args], m.end()
+    return [memoryview(arg) for arg in args]
+
+
+def scan(view: memoryview, pos: int) -> int:
+    """Where the first incomplete command from ``pos`` starts (the end of
+    ``view`` if none is); the end too if the client broke the protocol
+    (executing the commands finds it again, where it is)."""
+    end = len(view)
+    try:
+        while pos < end:
+            parsed = parse_command(view, pos)
+            if parsed is None:
+                return pos
+            pos = parsed[1]
+    except ProtocolError:
+        return end
+    return pos
 
 
 # redis-server's inline arguments (sds.c's sdssplitargs()): blanks between
@@ -205,12 +295,23 @@ def split_inline(line: bytes) -> list[bytes]:
         args.append(bytes(arg))
 
 
-def cut_bulk(view: memoryview, pos: int) -> None:
-    """None if the read ends at ``pos``, or in a bulk string's header there;
-    a protocol error otherwise."""
+def cut_bulk(view: memoryview, pos: int) -> tuple[list[memoryview], int] | None:
+    """None (what parse_command() returns for an incomplete command) if the
+    read ends at ``pos``, or in a bulk string's header there; a protocol
+    error otherwise."""
     if pos >= len(view) or (view[pos] == 0x24 and CUT_HEADER(view, pos)):  # "$"
         return None
     raise ProtocolError("expected '$' and a length")
+
+
+def ends_in_crlf(views: Sequence[memoryview]) -> bool:
+    """Whether the bytes of ``views``, one after another, end in CRLF."""
+    last = views[-1]
+    if len(last) >= 2:
+        return last[-2] == 13 and last[-1] == 10
+    if len(views) < 2 or not last:
+        return False
+    return views[-2][-1] == 13 and last[0] == 10
 
 
 class Store:
@@ -218,12 +319,15 @@ class Store:
 
     A value is stored as the reply that GET gives, a bulk string: SET copies
     it from the pool's buffer once, into that form, and GET writes it as it
-    is, however big.
+    is, however big. A value that came in one read is one ``bytes``; a
+    larger one is the pieces it arrived in (its header, then a copy of each
+    buffer of its chain, the last ending in the CRLF), which GET hands to
+    ``writelines()`` without joining them.
     """
 
     def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}  # key -> bulk(value)
-        self.commands: dict[bytes, Callable[[list[memoryview]], bytes]] = {
+        self.data: dict[bytes, Reply] = {}  # key -> GET's reply
+        self.commands: dict[bytes, Callable[[Sequence[Arg]], Reply]] = {
             b"PING": self.ping,
             b"ECHO": self.echo,
             b"SET": self.set,
@@ -234,7 +338,7 @@ class Store:
         }
 
     # memoryview.tobytes() copies, as bytes() does, in half the time.
-    def execute(self, args: list[memoryview]) -> bytes:
+    def execute(self, args: Sequence[Arg]) -> Reply:
         name = args[0].tobytes()
         command = self.commands.get(name)  # as clients send them, "GET"
         if command is None:
@@ -249,28 +353,33 @@ class Store:
                 name.lower()
             )
 
-    def ping(self, args: list[memoryview]) -> bytes:
+    def ping(self, args: Sequence[Arg]) -> bytes:
         if len(args) == 1:
             return b"+PONG\r\n"
         if len(args) != 2:
             raise IndexError
         return bulk(args[1])
 
-    def echo(self, args: list[memoryview]) -> bytes:
+    def echo(self, args: Sequence[Arg]) -> bytes:
         if len(args) != 2:
             raise IndexError
         return bulk(args[1])
 
-    def set(self, args: list[memoryview]) -> bytes:
+    def set(self, args: Sequence[Arg]) -> bytes:
         if len(args) != 3:
             raise IndexError
         self.data[args[1].tobytes()] = bulk(args[2])
         return OK
 
-    def get(self, args: list[memoryview]) -> bytes:
+    def set_pieces(self, key: bytes, pieces: tuple[bytes, ...]) -> bytes:
+        """SET of a value gathered in a chain: ``pieces`` is GET's reply."""
+        self.data[key] = pieces
+        return OK
+
+    def get(self, args: Sequence[Arg]) -> Reply:
         return self.data.get(args[1].tobytes(), NIL)
 
-    def delete(self, args: list[memoryview]) -> bytes:
+    def delete(self, args: Sequence[Arg]) -> bytes:
         if len(args) < 2:
             raise IndexError
         data = self.data
@@ -278,10 +387,13 @@ class Store:
             data.pop(key.tobytes(), None) is not None for key in args[1:]
         )
 
-    def incr(self, args: list[memoryview]) -> bytes:
+    def incr(self, args: Sequence[Arg]) -> bytes:
         key = args[1].tobytes()
+        stored = self.data.get(key, b"$1\r\n0\r\n")
         try:
-            value = int(unbulk(self.data.get(key, b"$1\r\n0\r\n"))) + 1
+            if isinstance(stored, tuple):  # pieces: far too long for a number
+                raise ValueError
+            value = int(unbulk(stored)) + 1
         except ValueError:
             return b"-ERR value is not an integer or out of range\r\n"
         if not -(2**63) <= value < 2**63:
@@ -289,7 +401,7 @@ class Store:
         self.data[key] = bulk(b"%d" % value)
         return b":%d\r\n" % value
 
-    def config(self, args: list[memoryview]) -> bytes:
+    def config(self, args: Sequence[Arg]) -> bytes:
         if args[1].tobytes().upper() != b"GET" or len(args) != 3:
             return b"-ERR only CONFIG GET parameter is supported\r\n"
         name = args[2].tobytes().lower()
@@ -299,55 +411,97 @@ class Store:
         return b"*2\r\n" + bulk(name) + bulk(value)
 
 
+#: What waits while the peer does not read its replies: a read's complete
+#: commands, copied, or one command completed across reads, to execute.
+Deferred = memoryview | Callable[[], Reply]
+
+
 class RespProtocol(PooledBufferedProtocol):
-    """One client connection: parses its commands, writes the replies."""
+    """One client connection: parses its commands, writes the replies.
+
+    The parse state between reads (see the module's docstring): at most
+    one unfinished command, an array (``args``) or an inline one
+    (``inline``, ``line``), and the commands deferred while writing is
+    paused (``deferred``).
+    """
 
     def __init__(
         self,
-        pool: Mempool[memoryview],
+        pool: Mempool[memoryview] | BufferArena,
         store: Store,
-        buffer_size: int,
         conns: set[RespProtocol],
+        *,
+        buffer_size: int | None = None,
+        max_held: int | None = None,
     ) -> None:
-        super().__init__(pool)
+        super().__init__(pool, buffer_size=buffer_size, max_held=max_held)
         self.store = store
-        self.buffer_size = buffer_size
         self.conns = conns
         self.lost = asyncio.get_running_loop().create_future()
-        # A command larger than a buffer, gathered here; None otherwise.
-        self.big: bytearray | None = None
+        # An array command cut by the end of a read: its arguments so far
+        # (copied), how many it declares, and what they count for the quota.
+        self.args: list[Arg] | None = None
+        self.nargs = 0
+        self.held = 0
+        # The length of the argument being gathered (its bulk string, CRLF
+        # left out), while gather() fills buffers with it; -1 otherwise.
+        self.gathering = -1
+        # An inline command cut by the end of a read: kept, its first
+        # ``inline`` bytes known to hold no LF (0: none); or, if it filled
+        # a buffer (buffers below MAX_INLINE), copied here until its LF.
+        self.inline = 0
+        self.line: bytearray | None = None
+        # Commands held back while writing is paused, in order.
+        self.deferred: deque[Deferred] = deque()
+        self.writing_paused = False
+        self.eof = False  # the peer closed its side with commands deferred
+        self.high_water = 65536  # the transport's, from connection_made()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self.high_water = self.transport.get_write_buffer_limits()[1]
         self.conns.add(self)
+
+    # -- reading ------------------------------------------------------------
 
     def view_received(self, view: memoryview) -> None:
         if self.transport.is_closing():
             return
-        big = self.big
-        if big is None:
-            pos = self.execute(view)
-            if pos < 0 or pos == len(view):
-                return
-            if pos or len(view) < self.buffer_size:
-                self.keep_buffer(pos)  # a cut command: the next read ends it
-            else:
-                self.big = bytearray(view)  # larger than a buffer
-            return
-        big += view
-        with memoryview(big) as whole:
-            pos = self.execute(whole)
-        if pos == len(big):
-            self.big = None  # back to parsing in the pool's buffers
-        elif pos > 0:
-            del big[:pos]
+        try:
+            pos = 0
+            if self.args is not None:
+                pos = self.parse_args(view, 0)
+            elif self.inline or self.line is not None:
+                pos = self.resume_inline(view)
+            end = len(view)
+            while 0 <= pos < end:
+                if not self.deferred and not self.writing_paused:
+                    pos = self.run(view, pos)
+                    if pos < 0 or pos == end:
+                        return
+                if self.deferred or self.writing_paused:
+                    # The peer does not read: the rest of the read's
+                    # complete commands wait for resume_writing(), copied.
+                    cut = scan(view, pos)
+                    if cut > pos:
+                        self.deferred.append(memoryview(view[pos:cut].tobytes()))
+                    pos = cut
+                    if pos == end:
+                        return
+                pos = self.cut(view, pos)
+        except ProtocolError as exc:
+            self.fail(exc)
 
-    def execute(self, view: memoryview) -> int:
-        """Run the complete commands of ``view`` and write their replies;
-        return where the first incomplete one starts, or -1 if the client
-        broke the protocol (the connection is closing then)."""
-        replies = []
-        pos = 0
+    def run(self, view: memoryview, pos: int) -> int:
+        """Execute the complete commands of ``view`` from ``pos`` and write
+        their replies; return where it stopped: at the first incomplete
+        command, at the end, or where writing paused (``writing_paused``);
+        -1 if the client broke the protocol (the connection is closing)."""
+        transport = self.transport
+        replies: list[bytes] = []
+        pieces = False  # a big value's pieces are among the replies
+        out = 0
+        room = self.high_water - transport.get_write_buffer_size()
         end = len(view)
         execute = self.store.execute
         try:
@@ -357,29 +511,253 @@ class RespProtocol(PooledBufferedProtocol):
                     break
                 args, pos = parsed
                 if args:
-                    replies.append(execute(args))
+                    reply = execute(args)
+                    if not isinstance(reply, tuple):
+                        replies.append(reply)
+                        out += len(reply)
+                    else:
+                        replies.extend(reply)
+                        out += sum(map(len, reply))
+                        pieces = True
+                    if out > room:
+                        # Past the high-water mark: write, and go on only if
+                        # the transport took it without pausing us.
+                        self.write(replies, pieces)
+                        replies = []
+                        pieces = False
+                        out = 0
+                        if self.writing_paused:
+                            return pos
+                        if transport.is_closing():
+                            return -1
+                        room = self.high_water - transport.get_write_buffer_size()
         except ProtocolError as exc:
             replies.append(b"-ERR Protocol error: %s\r\n" % str(exc).encode())
             pos = -1
         if replies:
             # One write per read, whatever the pipeline depth.
-            self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))
+            self.write(replies, pieces)
         if pos < 0:
-            self.transport.close()
+            self.reset()
+            transport.close()
         return pos
 
-    # A client that does not read its replies stops us reading from it.
-    # The protocol's pause_reading(), not the transport's: it composes with
-    # the pause while waiting for a buffer of a dry pool.
+    def write(self, replies: list[bytes], pieces: bool) -> None:
+        if pieces:
+            self.transport.writelines(replies)  # big values: not joined
+        elif len(replies) == 1:
+            self.transport.write(replies[0])
+        else:
+            self.transport.write(b"".join(replies))
+
+    def cut(self, view: memoryview, pos: int) -> int:
+        """The command at ``pos`` is cut by the end of ``view``: parse what
+        there is of it, and keep or gather the rest (-1: the next reads
+        complete it; parse_args() says why it may not be -1)."""
+        if view[pos] != 0x2A:  # not "*": an inline command
+            self.cut_inline(view, pos)
+            return -1
+        m = ARRAY(view, pos)
+        if m is None:
+            self.keep_buffer(pos)  # its header is cut (parse_rare() checked)
+            return -1
+        self.args = []
+        self.nargs = int(m[1])  # 1 to MAX_ARGS: parse_command() checked
+        self.held = 0
+        return self.parse_args(view, m.end())
+
+    def parse_args(self, view: memoryview, pos: int) -> int:
+        """Parse on the arguments of the unfinished array command from
+        ``pos``; once they are all there, execute it (or defer it) and
+        return where it ends. If the view ends first, return -1, having
+        kept the argument it ends in (from its header) or asked to gather
+        it; the arguments before it are copied into ``args``."""
+        args = self.args
+        assert args is not None
+        nargs = self.nargs
+        end = len(view)
+        while len(args) < nargs:
+            if pos >= end:
+                return -1  # between two arguments: nothing to keep
+            m = BULK(view, pos)
+            if m is None:
+                if view[pos] == 0x24 and CUT_HEADER(view, pos):  # "$"
+                    self.keep_buffer(pos)
+                    return -1
+                raise ProtocolError("expected '$' and a length")
+            size = int(m[1])
+            if size > MAX_BULK:
+                raise ProtocolError("bulk string too long")
+            held = self.held + size + ARG_OVERHEAD
+            if held > self.max_held:
+                self.frame_too_large(held)
+                return -1
+            start = m.end()
+            stop = start + size + 2
+            if stop > end:
+                if stop - pos <= self.buffer_size:
+                    # It fits a receive buffer from its header: kept (a few
+                    # bytes move to a buffer of their size), the next reads
+                    # complete it in place.
+                    self.keep_buffer(pos)
+                else:
+                    self.gathering = size
+                    self.gather(size + 2, start)
+                return -1
+            if view[stop - 2] != 13 or view[stop - 1] != 10:
+                raise ProtocolError("bulk string not followed by CRLF")
+            args.append(Copied(view[start : stop - 2]))
+            self.held = held
+            pos = stop
+        self.args = None
+        self.finish(partial(self.store.execute, args))
+        return pos
+
+    def frame_received(self, chain: BufferChain) -> None:
+        """The argument being gathered, whole: a SET's value is stored as
+        its pieces; any other argument is copied, and the command goes on."""
+        size, self.gathering = self.gathering, -1
+        args = self.args
+        if args is None or self.transport.is_closing():
+            chain.free()
+            return
+        try:
+            views = chain.views()
+            if not ends_in_crlf(views):
+                raise ProtocolError("bulk string not followed by CRLF")
+            name = args[0].tobytes().upper()
+            if len(args) == 2 and self.nargs == 3 and name == b"SET":
+                pieces = (b"$%d\r\n" % size, *[v.tobytes() for v in views])
+                self.args = None
+                self.finish(partial(self.store.set_pieces, args[1].tobytes(), pieces))
+                return
+            args.append(Copied(memoryview(chain.tobytes())[:-2]))
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        finally:
+            chain.free()  # copied: the buffers go back now
+        self.held += size + ARG_OVERHEAD
+        if len(args) == self.nargs:
+            self.args = None
+            self.finish(partial(self.store.execute, args))
+
+    def cut_inline(self, view: memoryview, pos: int) -> None:
+        """An inline command without its LF yet, from ``pos`` to the end."""
+        nbytes = len(view) - pos
+        if nbytes >= MAX_INLINE:
+            raise ProtocolError("too big inline request")
+        if nbytes < self.buffer_size:
+            self.keep_buffer(pos)
+            self.inline = nbytes  # none of them is a LF
+        else:  # it fills a buffer: copied, up to MAX_INLINE
+            self.line = bytearray(view[pos:])
+
+    def resume_inline(self, view: memoryview) -> int:
+        """Look for the LF of the unfinished inline command; return where
+        the command ends (executed or deferred), or -1 if it goes on."""
+        line = self.line
+        if line is None:  # kept: it starts the view
+            m = LF(view, self.inline, MAX_INLINE)
+            self.inline = 0
+            if m is None:
+                self.cut_inline(view, 0)
+                return -1
+            args = inline_args(view[: m.start()].tobytes())
+        else:
+            m = LF(view, 0, MAX_INLINE - len(line))
+            if m is None:
+                if len(line) + len(view) >= MAX_INLINE:
+                    raise ProtocolError("too big inline request")
+                line += view
+                return -1
+            line += view[: m.start()]
+            self.line = None
+            args = inline_args(bytes(line))
+        if args:
+            self.finish(partial(self.store.execute, args))
+        return m.end()
+
+    def finish(self, command: Callable[[], Reply]) -> None:
+        """Execute a command completed across reads, and write its reply;
+        or defer it behind the commands that wait for the peer to read."""
+        if self.deferred or self.writing_paused:
+            self.deferred.append(command)
+        else:
+            self.send(command())
+
+    def send(self, reply: Reply) -> None:
+        if isinstance(reply, tuple):
+            self.transport.writelines(reply)
+        else:
+            self.transport.write(reply)
+
+    def frame_too_large(self, nbytes: int) -> None:
+        """An unfinished command would hold more than ``max_held``: say so,
+        then close (the protocol logs it)."""
+        self.reset()
+        if not self.transport.is_closing():
+            self.transport.write(
+                b"-ERR Protocol error: a command of %d bytes or more is over "
+                b"the quota of %d bytes\r\n" % (nbytes, self.max_held)
+            )
+        super().frame_too_large(nbytes)
+
+    def fail(self, exc: ProtocolError) -> None:
+        self.reset()
+        self.transport.write(b"-ERR Protocol error: %s\r\n" % str(exc).encode())
+        self.transport.close()
+
+    def reset(self) -> None:
+        """Forget the unfinished command and what waits."""
+        self.args = None
+        self.gathering = -1
+        self.inline = 0
+        self.line = None
+        self.deferred.clear()
+
+    # -- writing: a client that does not read its replies -------------------
+
+    # It stops us reading from it. The protocol's pause_reading(), not the
+    # transport's: it composes with the pause while waiting for a buffer of
+    # a dry pool.
     def pause_writing(self) -> None:
+        self.writing_paused = True
         self.pause_reading()
 
     def resume_writing(self) -> None:
-        self.resume_reading()
+        """Execute what waits, until writing pauses again; then read on."""
+        self.writing_paused = False
+        deferred = self.deferred
+        transport = self.transport
+        while deferred and not self.writing_paused:
+            if transport.is_closing():
+                deferred.clear()
+                return
+            item = deferred.popleft()
+            if type(item) is memoryview:
+                pos = self.run(item, 0)  # complete commands: never cut
+                if 0 <= pos < len(item):
+                    deferred.appendleft(item[pos:])
+            else:
+                self.send(item())
+        if deferred or self.writing_paused or transport.is_closing():
+            return
+        if self.eof:
+            transport.close()
+        else:
+            self.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        super().eof_received()
+        if self.deferred and not self.transport.is_closing():
+            self.eof = True
+            return True  # open until what waits is answered
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # gives the buffers back
-        self.big = None
+        self.reset()
         self.conns.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
@@ -418,17 +796,55 @@ class CannotListen(Exception):
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
 
 
-async def serve(args: argparse.Namespace) -> None:
+class Plan:
+    """The arena the options ask for: its classes, reserves and budget.
+
+    The classes, four per doubling from 256 bytes, go up to the receive
+    buffer's (``--buffer-size``, rounded up to a class): a frame larger
+    than a buffer is gathered in receive buffers, and kept bytes are
+    smaller. The receive class reserves
+    ``--min-nr`` buffers, every other class one (a whole slab each, at
+    most ``ARENA_SLAB_BYTES``: ``floor`` is what they pin together).
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        largest = max(256, 1 << (args.buffer_size - 1).bit_length())
+        self.classes = default_classes(256, largest)
+        self.buffer_size = next(c for c in self.classes if c >= args.buffer_size)
+        self.reserve = {self.buffer_size: args.min_nr}
+        self.floor = 0
+        for size in self.classes:
+            per_slab = max(1, ARENA_SLAB_BYTES // size)
+            slabs = -(-self.reserve.get(size, 1) // per_slab)
+            self.floor += slabs * per_slab * size
+        if args.max_nr is not None:
+            self.max_bytes = self.floor + args.max_nr * self.buffer_size
+        else:
+            self.max_bytes = args.max_bytes
+        # What one connection may hold for an unfinished command.
+        self.max_held = min(MAX_HELD, self.max_bytes // 2)
+
+    def arena(self) -> BufferArena:
+        return buffer_arena(
+            self.max_bytes, classes=self.classes, min_nr=self.reserve, name="resp"
+        )
+
+
+async def serve(args: argparse.Namespace, plan: Plan) -> None:
     loop = asyncio.get_running_loop()
-    pool = buffer_pool(
-        args.buffer_size, min_nr=args.min_nr, max_nr=args.max_nr, name="resp"
-    )
+    arena = plan.arena()
     store = Store()
     conns: set[RespProtocol] = set()
     try:
         try:  # the port may be taken, the host not ours...
             server = await loop.create_server(
-                lambda: RespProtocol(pool, store, args.buffer_size, conns),
+                lambda: RespProtocol(
+                    arena,
+                    store,
+                    conns,
+                    buffer_size=plan.buffer_size,
+                    max_held=plan.max_held,
+                ),
                 args.host,
                 args.port,
             )
@@ -449,9 +865,14 @@ async def serve(args: argparse.Namespace) -> None:
             conn.transport.abort()
         await asyncio.wait_for(asyncio.gather(*lost), timeout=5)
         await server.wait_closed()
-        print(f"stats: {pool.stats()}", flush=True)
+        stats = arena.stats()
+        print(
+            f"stats: {stats.total} bytes_in_use={stats.bytes_in_use} "
+            f"high_water_bytes={stats.high_water_bytes} max_bytes={stats.max_bytes}",
+            flush=True,
+        )
     finally:
-        pool.close()
+        arena.close()
 
 
 def main() -> None:
@@ -465,24 +886,46 @@ def main() -> None:
     )
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument(
-        "--buffer-size", type=count, default=65536, help="bytes per buffer"
+        "--buffer-size",
+        type=count,
+        default=65536,
+        help="bytes per receive buffer (rounded up to a size class, 256 at least)",
+    )
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--max-bytes",
+        type=count,
+        default=256 * MIB,
+        help="the arena's budget: every buffer the connections hold (receive "
+        "buffers, unfinished commands); one connection may hold half of it, "
+        f"{MAX_HELD // MIB} MiB at most, for an unfinished command",
+    )
+    budget.add_argument(
+        "--max-nr",
+        type=count,
+        help="the budget as this many receive buffers beyond the reserves, "
+        "instead of --max-bytes",
     )
     parser.add_argument(
-        "--min-nr", type=count, default=16, help="buffers kept in reserve"
-    )
-    parser.add_argument(
-        "--max-nr", type=count, default=1024, help="most buffers in use at once"
+        "--min-nr", type=count, default=16, help="receive buffers kept in reserve"
     )
     args = parser.parse_args()
-    if args.min_nr > args.max_nr:
+    if args.max_nr is not None and args.min_nr > args.max_nr:
         parser.error(f"--min-nr ({args.min_nr}) must be <= --max-nr ({args.max_nr})")
+    plan = Plan(args)
+    if plan.max_bytes < plan.floor:
+        parser.error(
+            f"--max-bytes ({plan.max_bytes}) must hold the arena's reserves: "
+            f"{plan.floor} bytes or more with --buffer-size {args.buffer_size} "
+            f"and --min-nr {args.min_nr}"
+        )
     try:
         if args.uvloop:
             import uvloop
 
-            uvloop.run(serve(args))
+            uvloop.run(serve(args, plan))
         else:
-            asyncio.run(serve(args))
+            asyncio.run(serve(args, plan))
     except CannotListen as exc:
         parser.error(str(exc))
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiomempool import buffer_pool
+from aiomempool import BufferArena, Mempool, buffer_arena, buffer_pool
 
 BUFFER_SIZE = 64
 
@@ -42,6 +44,12 @@ class Transport(asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.out += data
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (16384, 65536)
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -61,24 +69,54 @@ def encode(args: list[bytes]) -> bytes:
     )
 
 
-async def drive(stream: bytes, cuts: list[int]) -> Transport:
+def feed(protocol: Any, transport: Transport, data: bytes) -> None:
+    """``data`` read by ``protocol``, a buffer at a time."""
+    start = 0
+    while start < len(data) and not transport.closed:
+        room = protocol.get_buffer(-1)
+        n = min(len(room), len(data) - start)
+        room[:n] = data[start : start + n]
+        protocol.buffer_updated(n)
+        start += n
+
+
+async def drive_one(
+    stream: bytes, cuts: list[int], *, arena: bool, max_held: int | None = None
+) -> Transport:
     """Feed ``stream`` to a RespProtocol, read by read, cut at ``cuts`` and
-    wherever a buffer is full; every buffer must be back at the end."""
-    pool = buffer_pool(BUFFER_SIZE, min_nr=1, max_nr=8)
-    protocol = resp.RespProtocol(pool, resp.Store(), BUFFER_SIZE, set())
+    wherever a buffer is full; every buffer must be back at the end. Its
+    buffers are a pool's, or (``arena``) an arena's, which compacts what
+    it keeps."""
+    pool: Mempool[memoryview] | BufferArena
+    if arena:
+        pool = buffer_arena(1 << 20, classes=(16, BUFFER_SIZE), trim_after=None)
+        protocol = resp.RespProtocol(
+            pool, resp.Store(), set(), buffer_size=BUFFER_SIZE, max_held=max_held
+        )
+    else:
+        pool = buffer_pool(BUFFER_SIZE, min_nr=1, max_nr=8)
+        protocol = resp.RespProtocol(pool, resp.Store(), set(), max_held=max_held)
     transport = Transport()
     protocol.connection_made(transport)
     bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
     for start, end in itertools.pairwise(bounds):
-        while start < end and not transport.closed:
-            room = protocol.get_buffer(-1)
-            n = min(len(room), end - start)
-            room[:n] = stream[start : start + n]
-            protocol.buffer_updated(n)
-            start += n
+        feed(protocol, transport, stream[start:end])
     protocol.connection_lost(None)
     await asyncio.sleep(0)
-    assert pool.stats().outstanding == 0
+    if isinstance(pool, BufferArena):
+        assert pool.stats().total.outstanding == 0
+    else:
+        assert pool.stats().outstanding == 0
+    pool.close()
+    return transport
+
+
+async def drive(stream: bytes, cuts: list[int]) -> Transport:
+    """``drive_one()`` on a pool and on an arena: the same replies."""
+    transport = await drive_one(stream, cuts, arena=False)
+    on_arena = await drive_one(stream, cuts, arena=True)
+    assert on_arena.out == transport.out
+    assert on_arena.closed == transport.closed
     return transport
 
 
@@ -270,3 +308,276 @@ def test_a_quoted_inline_echo_comes_back_exact_however_the_stream_is_cut(
     transport = asyncio.run(drive(stream, cuts))
     assert bytes(transport.out) == resp.bulk(arg) + b"+PONG\r\n"
     assert not transport.closed
+
+
+# -- commands larger than a buffer, the quota, and a peer that does not read --
+
+
+def test_a_command_larger_than_a_buffer_is_parsed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each argument's header is matched once, and the one a read cuts once
+    # more: parsing again from the command's start after every read would
+    # match thousands of headers per read.
+    matches = 0
+    bulk_match = resp.BULK
+
+    def counting(view: memoryview, pos: int) -> re.Match[bytes] | None:
+        nonlocal matches
+        matches += 1
+        found: re.Match[bytes] | None = bulk_match(view, pos)
+        return found
+
+    monkeypatch.setattr(resp, "BULK", counting)
+    keys = [b"k%d" % i for i in range(5000)]
+    stream = encode([b"SET", b"k7", b"v"]) + encode([b"DEL", *keys])
+    transport = asyncio.run(drive_one(stream, [], arena=True, max_held=1 << 20))
+    assert bytes(transport.out) == b"+OK\r\n:1\r\n"
+    reads = len(stream) // BUFFER_SIZE + 1
+    assert matches <= len(keys) + 3 * reads, (matches, len(keys), reads)
+
+
+@pytest.mark.parametrize("arena", [False, True], ids=["pool", "arena"])
+def test_a_command_over_the_quota_is_refused_with_an_error(arena: bool) -> None:
+    for stream in (
+        encode([b"PING"]) + b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5000\r\nabc",  # declared
+        encode([b"PING"]) + encode([b"DEL", *(b"k%d" % i for i in range(100))]),
+    ):
+        transport = asyncio.run(drive_one(stream, [], arena=arena, max_held=4096))
+        assert transport.closed
+        assert transport.out.startswith(b"+PONG\r\n-ERR Protocol error: ")
+        assert b"over the quota of 4096 bytes" in transport.out
+
+
+class SlowTransport(Transport):
+    """A transport whose peer reads only when ``drain()`` says: as asyncio's
+    do, it pauses the protocol's writing past ``HIGH`` bytes buffered, and
+    resumes it once they are sent; it records whether reading is paused."""
+
+    LOW, HIGH = 16384, 65536
+
+    def __init__(self, protocol: Any, high: int = HIGH) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.HIGH = high
+        self.buffered = 0
+        self.paused = False
+        self.reading = True
+        self.most = 0  # the most bytes ever buffered
+        self.pauses = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out += data
+        self.buffered += len(data)
+        self.most = max(self.most, self.buffered)
+        if self.buffered > self.HIGH and not self.paused:
+            self.paused = True
+            self.pauses += 1
+            self.protocol.pause_writing()
+
+    def writelines(self, lines: Any) -> None:
+        self.write(b"".join(lines))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self.LOW, self.HIGH)
+
+    def drain(self) -> None:
+        self.buffered = 0
+        if self.paused:
+            self.paused = False
+            self.protocol.resume_writing()
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+@pytest.mark.parametrize("size", [1000, 100_000], ids=["1000 B", "100 KB"])
+def test_replies_wait_for_a_peer_that_reads_them_and_keep_their_order(
+    size: int,
+) -> None:
+    value = bytes(range(256)) * (size // 256) + b"!" * (size % 256)
+
+    async def main() -> None:
+        arena = buffer_arena(16 << 20, trim_after=None)
+        protocol = resp.RespProtocol(arena, resp.Store(), set(), buffer_size=65536)
+        transport = SlowTransport(protocol)
+        protocol.connection_made(transport)
+        feed(protocol, transport, encode([b"SET", b"k", value]))
+        assert transport.out == b"+OK\r\n"
+        transport.drain()
+        transport.out.clear()
+        gets = encode([b"GET", b"k"]) * 1000  # 18 KB: one read
+        feed(protocol, transport, gets + encode([b"PING"]) + b"*2\r\n$4\r\nECHO")
+        # Replies stop at the high-water mark (and the reply past it); the
+        # rest waits, and so does reading.
+        assert not transport.reading
+        assert transport.most <= SlowTransport.HIGH + len(value) + 100
+        for _ in range(5000):
+            if transport.reading:
+                break
+            transport.drain()
+            assert transport.most <= SlowTransport.HIGH + len(value) + 100
+        assert transport.reading
+        feed(protocol, transport, b"\r\n$2\r\nhi\r\n")  # the cut ECHO, ended
+        expected = resp.bulk(value) * 1000 + b"+PONG\r\n$2\r\nhi\r\n"
+        assert transport.out == expected
+        protocol.connection_lost(None)
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())
+
+
+def test_commands_waiting_at_the_end_of_the_stream_are_answered_then_closed() -> None:
+    async def main() -> None:
+        pool = buffer_pool(65536, min_nr=1, max_nr=4)
+        protocol = resp.RespProtocol(pool, resp.Store(), set())
+        transport = SlowTransport(protocol)
+        protocol.connection_made(transport)
+        feed(protocol, transport, encode([b"SET", b"k", b"v" * 30000]))
+        transport.drain()
+        transport.out.clear()
+        feed(protocol, transport, encode([b"GET", b"k"]) * 10)
+        assert protocol.eof_received() is True  # open until they are answered
+        while not transport.closed:
+            transport.drain()
+        assert transport.out == resp.bulk(b"v" * 30000) * 10
+        protocol.connection_lost(None)
+        assert pool.stats().outstanding == 0
+        pool.close()
+
+    asyncio.run(main())
+
+
+def test_a_value_gathered_in_buffers_is_stored_and_written_in_pieces() -> None:
+    class Lines(Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[list[bytes]] = []
+
+        def writelines(self, lines: Any) -> None:
+            self.lines.append(list(lines))
+            self.write(b"".join(lines))
+
+    async def main() -> None:
+        arena = buffer_arena(16 << 20, trim_after=None)
+        protocol = resp.RespProtocol(arena, resp.Store(), set(), buffer_size=65536)
+        transport = Lines()
+        protocol.connection_made(transport)
+        value = bytes(range(256)) * 1000  # 256,000 bytes: four buffers
+        feed(protocol, transport, encode([b"SET", b"k", value]))
+        feed(protocol, transport, encode([b"GET", b"k"]))
+        assert transport.out == b"+OK\r\n" + resp.bulk(value)
+        (pieces,) = transport.lines
+        assert len(pieces) >= 4 and max(map(len, pieces)) <= 65536
+        protocol.connection_lost(None)
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())
+
+
+def test_bytes_read_while_replies_wait_come_after_them() -> None:
+    async def main() -> None:
+        pool = buffer_pool(65536, min_nr=1, max_nr=4)
+        protocol = resp.RespProtocol(pool, resp.Store(), set())
+        transport = SlowTransport(protocol)
+        protocol.connection_made(transport)
+        feed(protocol, transport, encode([b"SET", b"k", b"v" * 30000]))
+        transport.drain()
+        transport.out.clear()
+        feed(protocol, transport, encode([b"GET", b"k"]) * 10)
+        assert not transport.reading
+        # A transport may read once more (uvloop does, after a pause in
+        # connection_made()): the protocol holds those bytes until resumed,
+        # but delivers a read that fills its buffer at once.
+        pings = b"PING\r\n" * (65536 // 6 + 1)
+        feed(protocol, transport, pings[:65536])  # ends in a cut PING
+        feed(protocol, transport, pings[65536:] + b"ECHO x\r\n")
+        for _ in range(100):
+            transport.drain()
+            await asyncio.sleep(0)
+        assert transport.out == (
+            resp.bulk(b"v" * 30000) * 10
+            + b"+PONG\r\n" * (65536 // 6 + 1)
+            + b"$1\r\nx\r\n"
+        )
+        assert transport.reading
+        protocol.connection_lost(None)
+        assert pool.stats().outstanding == 0
+        pool.close()
+
+    asyncio.run(main())
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.binary(max_size=20), ARG), min_size=1, max_size=6),
+    cuts=CUTS,
+    high=st.sampled_from([0, 30, 300]),
+    arena=st.booleans(),
+)
+def test_a_peer_that_reads_slowly_gets_the_same_replies(
+    pairs: list[tuple[bytes, bytes]], cuts: list[int], high: int, arena: bool
+) -> None:
+    # Replies wait whenever the write buffer is past ``high`` bytes (0:
+    # after every write), until the peer reads them all; commands of every
+    # kind, cut anywhere, some values larger than a buffer.
+    stream = b"".join(
+        encode([b"SET", key, value])
+        + encode([b"ECHO", value])
+        + b"GET "
+        + quote(key, "hex")
+        + b"\n"
+        for key, value in pairs
+    )
+    expected = asyncio.run(drive(stream, cuts)).out
+
+    async def slowly() -> bytes:
+        pool: Mempool[memoryview] | BufferArena
+        if arena:
+            pool = buffer_arena(1 << 20, classes=(16, BUFFER_SIZE), trim_after=None)
+            protocol = resp.RespProtocol(
+                pool, resp.Store(), set(), buffer_size=BUFFER_SIZE
+            )
+        else:
+            pool = buffer_pool(BUFFER_SIZE, min_nr=1, max_nr=8)
+            protocol = resp.RespProtocol(pool, resp.Store(), set())
+        transport = SlowTransport(protocol, high)
+        protocol.connection_made(transport)
+
+        async def let_it_read() -> None:
+            for _ in range(10_000):
+                if transport.reading or transport.closed:
+                    return
+                transport.drain()  # the peer reads
+                await asyncio.sleep(0)  # and the protocol's callbacks run
+            raise AssertionError("reading never resumed")
+
+        bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+        for start, end in itertools.pairwise(bounds):
+            while start < end and not transport.closed:
+                await let_it_read()
+                room = protocol.get_buffer(-1)
+                n = min(len(room), end - start)
+                room[:n] = stream[start : start + n]
+                protocol.buffer_updated(n)
+                start += n
+        await let_it_read()
+        assert transport.pauses or high
+        protocol.connection_lost(None)
+        await asyncio.sleep(0)
+        if isinstance(pool, BufferArena):
+            assert pool.stats().total.outstanding == 0
+        else:
+            assert pool.stats().outstanding == 0
+        pool.close()
+        return bytes(transport.out)
+
+    assert asyncio.run(slowly()) == expected
