@@ -29,9 +29,11 @@ Invariants:
 * ``_gate`` is False only in the steady state: open, nobody waiting, no
   debug mode. The fast paths test it alone; only ``_regate()`` lowers it.
 * While a live waiter is queued, nobody takes anything without queueing
-  behind it (``_line.has_live()`` is asked first), and every free serves
-  the line (``_serve()``), first come first served: a waiter the arena
-  cannot serve yet stops those behind it.
+  behind it (``_clear()`` is asked first), and every free serves the lines
+  (``_serve()``), first come first served: a waiter the arena cannot serve
+  yet stops those behind it. Urgent requests (``GFP.HIGH``) have a line of
+  their own, ``_urgent``, served first: they queue behind urgent waiters
+  only.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ class BufferArena:
         "__weakref__", "_budget", "_classes", "_closed", "_countdown",
         "_debug", "_gate", "_guarantee", "_lent", "_line", "_loop", "_name",
         "_pool_at", "_pools", "_retry_interval", "_retry_timer", "_round",
-        "_samplers", "_shift", "_size_at", "_warn",
+        "_samplers", "_shift", "_size_at", "_urgent", "_warn",
     )  # fmt: skip
 
     def __init__(
@@ -189,6 +191,9 @@ class BufferArena:
         self._warn = RateLimitedWarning()
         self._lent: dict[int, tuple[memoryview, memoryview, SlabPool]] = {}
         self._line = WaitQueue(_weakly(self._line_emptied))
+        # The waiters with GFP.HIGH (urgent: a frame half received, whose
+        # end frees what it holds), served before those of _line.
+        self._urgent = WaitQueue(_weakly(self._line_emptied))
         self._gate = True
         self._budget = Budget(max_bytes, headroom)
         self._pools: list[SlabPool] = []
@@ -313,7 +318,7 @@ class BufferArena:
     @property
     def waiters(self) -> int:
         """Tasks waiting in ``alloc()`` or ``alloc_bulk()`` now."""
-        return len(self._line)
+        return len(self._line) + len(self._urgent)
 
     def good_size(self, nbytes: int) -> int:
         """The size of the class that serves ``nbytes``: the slot's whole
@@ -372,7 +377,7 @@ class BufferArena:
     def stats(self) -> ArenaStats:
         """A frozen snapshot of the budget, every class and their total."""
         waiting: dict[int, int] = {}
-        for want in self._line.asks():
+        for want in [*self._urgent.asks(), *self._line.asks()]:
             if isinstance(want, _Want):
                 key = id(want.pool)
                 waiting[key] = waiting.get(key, 0) + 1
@@ -402,7 +407,7 @@ class BufferArena:
             high_water_bytes=budget.high_water,
             bytes_in_use=in_use,
             bytes_requested=requested,
-            waiters=len(self._line),
+            waiters=len(self._line) + len(self._urgent),
             total=_added_up(self._name, [c.pool for c in classes]),
             classes=tuple(classes),
         )
@@ -429,7 +434,7 @@ class BufferArena:
         return (
             f"<BufferArena{name}{state} classes={self._classes[0]}.."
             f"{self._classes[-1]} bytes={budget.used}/{budget.limit} "
-            f"waiters={self._line.nparked}>"
+            f"waiters={self._line.nparked + self._urgent.nparked}>"
         )
 
     # -- allocation --------------------------------------------------------
@@ -459,7 +464,11 @@ class BufferArena:
         a mask without ``DIRECT_RECLAIM`` returns ``None``; with it, the
         task waits, first come first served with every other size, until
         the buffer can be had. While tasks wait, a new caller queues behind
-        them whatever its size: nobody overtakes a waiter.
+        them whatever its size: nobody overtakes a waiter, but for urgent
+        callers: a mask with ``GFP.HIGH`` (the kernel's ``__GFP_HIGH``) may
+        grow into the headroom, and queues ahead of every ordinary waiter,
+        behind the urgent ones only (``PooledBufferedProtocol`` asks so for
+        the rest of a frame it has begun: its end frees what it holds).
 
         Awaits only when it has to wait. Cancelling it never loses a
         buffer or a wake-up. The bytes are not zeroed (unless
@@ -551,7 +560,7 @@ class BufferArena:
         if self._closed:
             raise PoolClosedError(f"{self!r}: alloc_nowait() on a closed arena")
         pool = self._pool_at[k]
-        if not self._line.has_live():
+        if self._clear(mask):
             slots = self._take(pool, 1, mask)
             if slots is not None:
                 return self._lend(pool, slots[0], nbytes)
@@ -569,7 +578,7 @@ class BufferArena:
         if timeout is not None:
             check_timeout(timeout)
         pool = self._pool_at[k]
-        if not self._line.has_live():
+        if self._clear(mask):
             got = self._take(pool, 1, mask)
             if got is not None:
                 return self._lend(pool, got[0], nbytes)
@@ -580,6 +589,13 @@ class BufferArena:
             raise self._timed_out(pool, mask, timeout)
         slots = await self._wait(pool, 1, mask, timeout)
         return self._lend(pool, slots[0], nbytes)
+
+    def _clear(self, mask: Mask) -> bool:
+        """True if a request of ``mask`` may take now: nobody it must queue
+        behind waits (urgent ones queue behind urgent waiters only)."""
+        if self._urgent.has_live():
+            return False
+        return mask.high or not self._line.has_live()
 
     def _take(self, pool: SlabPool, count: int, mask: Mask) -> list[memoryview] | None:
         """``count`` buffers of ``pool``'s class, all or none, counted:
@@ -692,7 +708,7 @@ class BufferArena:
             raise PoolClosedError(f"{self!r}: alloc_bulk() on a closed arena")
         if timeout is not None:
             check_timeout(timeout)
-        if not self._line.has_live():
+        if self._clear(mask):
             got = self._take(pool, count, mask)
             if got is not None:
                 return [self._lend(pool, slot, nbytes) for slot in got]
@@ -723,9 +739,9 @@ class BufferArena:
     ) -> list[memoryview]:
         """Wait in line for ``count`` buffers of ``pool``'s class: the
         caller found none with no await since. Returns the slots, counted."""
-        line = self._line
+        line = self._urgent if mask.high else self._line
         fut = line.park(_Want(pool, count, mask))
-        if line.nparked == 1:
+        if self._line.nparked + self._urgent.nparked == 1:
             loop = self._loop = fut.get_loop()
             self._retry_timer = loop.call_later(
                 self._retry_interval, self._retry_expired
@@ -734,7 +750,7 @@ class BufferArena:
         pool._waits += 1
         handle = None
         if timeout is not None:
-            handle = fut.get_loop().call_later(timeout, self._expire, fut)
+            handle = fut.get_loop().call_later(timeout, self._expire, line, fut)
         start = time.perf_counter()
         try:
             got = await fut
@@ -769,34 +785,36 @@ class BufferArena:
         return handful.elements
 
     def _serve(self) -> None:
-        """Serve the line, first come first served, for as long as the first
-        waiter can have all it asked for: the one that cannot stops those
-        behind it (a large request is not overtaken by small ones)."""
-        line = self._line
-        while True:
-            first = line.first()
-            if first is None:
-                return
-            want = first[1]
-            assert isinstance(want, _Want)
-            try:
-                got = want.pool._gather(want.count, want.mask)
-            except Exception as exc:  # debug mode's CorruptionError: theirs
-                line.fail_first(exc)
-                continue
-            if got is None:
-                return
-            line.hand(_Handful(*got))
-            for slot in got[0]:
-                # Out of the holder set until the waiter has them: a second
-                # free meanwhile is refused (TrackedPool's hand-off books).
-                want.pool._handed(slot)
+        """Serve the lines, first come first served, the urgent one first,
+        for as long as the first waiter can have all it asked for: the one
+        that cannot stops those behind it (a large request is not overtaken
+        by small ones; an urgent one that waits stops the ordinary ones)."""
+        for line in (self._urgent, self._line):
+            while True:
+                first = line.first()
+                if first is None:
+                    break
+                want = first[1]
+                assert isinstance(want, _Want)
+                try:
+                    got = want.pool._gather(want.count, want.mask)
+                except Exception as exc:  # debug mode's CorruptionError: theirs
+                    line.fail_first(exc)
+                    continue
+                if got is None:
+                    return
+                line.hand(_Handful(*got))
+                for slot in got[0]:
+                    # Out of the holder set until the waiter has them: a
+                    # second free meanwhile is refused (TrackedPool's
+                    # hand-off books).
+                    want.pool._handed(slot)
 
-    def _expire(self, fut: asyncio.Future[Any]) -> None:
-        """A waiter's deadline: it leaves the line, and those behind it may
+    def _expire(self, line: WaitQueue, fut: asyncio.Future[Any]) -> None:
+        """A waiter's deadline: it leaves its line, and those behind it may
         be served now."""
         if not fut.done():
-            self._line.expire(fut)
+            line.expire(fut)
             self._serve()
 
     def _retry_expired(self) -> None:
@@ -807,13 +825,16 @@ class BufferArena:
             pool._allocator._look_again()
         self._serve()
         loop = self._loop
-        if len(self._line) and loop is not None and self._retry_timer is None:
+        waiting = len(self._line) + len(self._urgent)
+        if waiting and loop is not None and self._retry_timer is None:
             self._retry_timer = loop.call_later(
                 self._retry_interval, self._retry_expired
             )
 
     def _line_emptied(self) -> None:
         self._regate()
+        if self._line.nparked or self._urgent.nparked:
+            return  # the other line still waits
         timer, self._retry_timer = self._retry_timer, None
         if timer is not None:
             with suppress(RuntimeError):  # uvloop's, once its loop is closed
@@ -822,7 +843,12 @@ class BufferArena:
     def _regate(self) -> None:
         """Lower ``_gate`` in the steady state: open, nobody waiting, no
         debug mode. Anyone may raise it; only this lowers it."""
-        self._gate = self._closed or self._line.nparked > 0 or self._debug
+        self._gate = (
+            self._closed
+            or self._line.nparked > 0
+            or self._urgent.nparked > 0
+            or self._debug
+        )
 
     # -- freeing -----------------------------------------------------------
 
@@ -856,7 +882,7 @@ class BufferArena:
                 pool._frees += 1
         elif view is not None:
             self._free_slot(view)
-        if self._gate and self._line.nparked:
+        if self._gate and (self._line.nparked or self._urgent.nparked):
             self._serve()
 
     def _free_slot(self, view: memoryview) -> None:
@@ -945,6 +971,7 @@ class BufferArena:
             return
         self._closed = True
         self._gate = True
+        self._urgent.close()
         self._line.close()
         for pool in self._pools:
             pool.close()
@@ -1014,7 +1041,7 @@ def _giver(
         owner, into = arena_ref(), pool_ref()
         if into is not None:
             into._give_back(element)
-        if owner is not None and owner._line.nparked:
+        if owner is not None and (owner._line.nparked or owner._urgent.nparked):
             owner._serve()
 
     def get() -> Callable[[memoryview], None] | None:

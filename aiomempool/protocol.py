@@ -49,7 +49,7 @@ from typing import cast
 from ._ratelimit import RateLimitedWarning
 from .arena import BufferArena
 from .chain import BufferChain
-from .gfp import ATOMIC_NOWARN
+from .gfp import ATOMIC_NOWARN, GFP, GFP_KERNEL, NOWAIT_NOWARN
 from .mempool import Mempool
 from .pools import SlabPool, TrackedPool
 
@@ -76,6 +76,8 @@ COMPACT_RATIO = 8
 MAX_HELD_BUFFERS = 64
 #: The default ``hold_timeout``, in seconds: see the class docstring.
 HOLD_TIMEOUT = 10.0
+# What a frame's next buffer is awaited with: urgent (see _alloc_nowait()).
+KERNEL_HIGH = GFP_KERNEL | GFP.HIGH
 #: Loop iterations after resuming reading before bytes read while the pool
 #: was dry are delivered without more (two: on the selector loops and on
 #: uvloop, the read that resuming allows runs within them).
@@ -659,9 +661,13 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         if arena is None:
             assert self._mempool is not None
             return self._mempool.alloc_nowait(ATOMIC_NOWARN)
-        size = self.buffer_size
-        if self._chain is not None and self._frame_left < size:
-            size = self._frame_left  # the frame's last link: its size only
+        if self._chain is None:
+            # A fresh read: it queues behind whoever waits (no headroom).
+            return arena.alloc_nowait(self.buffer_size, NOWAIT_NOWARN)
+        # The rest of a frame begun: urgent (the headroom, and ahead of
+        # fresh reads), since its end frees what it holds. So frames that
+        # filled the arena finish before new reads take what comes back.
+        size = min(self.buffer_size, self._frame_left)  # the last: its size
         return arena.alloc_nowait(size, ATOMIC_NOWARN)
 
     async def _alloc(self) -> memoryview:
@@ -670,10 +676,12 @@ class PooledBufferedProtocol(asyncio.BufferedProtocol):
         if arena is None:
             assert self._mempool is not None
             return await self._mempool.alloc()
-        size = self.buffer_size
-        if self._chain is not None and 0 < self._frame_left < size:
-            size = self._frame_left
-        return await arena.alloc(size)
+        if self._chain is None:
+            return await arena.alloc(self.buffer_size)
+        size = min(self.buffer_size, max(1, self._frame_left))
+        got = await arena.alloc(size, KERNEL_HIGH)
+        assert got is not None  # a mask that waits
+        return got
 
     def _install(self, buf: memoryview) -> None:
         """``buf`` is the buffer reads go into now; kept bytes compacted

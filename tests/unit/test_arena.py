@@ -601,3 +601,27 @@ def test_bytes_requested_counts_what_debug_and_sampled_loans_asked_for() -> None
         assert stats.bytes_in_use == KIB and stats.bytes_requested == 100
         arena.free(view)
         arena.close()
+
+
+@pytest.mark.asyncio
+async def test_urgent_requests_queue_ahead_of_ordinary_waiters() -> None:
+    arena = small_arena()
+    held = take_all(arena, 64 * KIB)
+    served: list[str] = []
+
+    async def want(label: str, mask: object) -> memoryview:
+        view = await arena.alloc(64 * KIB, mask)  # type: ignore[arg-type]
+        served.append(label)
+        return view
+
+    ordinary = asyncio.ensure_future(want("ordinary", GFP_KERNEL))
+    await asyncio.sleep(0)
+    urgent = asyncio.ensure_future(want("urgent", GFP_KERNEL | GFP_ATOMIC))
+    await asyncio.sleep(0)
+    assert arena.waiters == 2
+    arena.free(held.pop())
+    arena.free(held.pop())
+    got = await asyncio.wait_for(asyncio.gather(urgent, ordinary), TIMEOUT)
+    assert served == ["urgent", "ordinary"]
+    arena.free_bulk([*got, *held])
+    arena.close()

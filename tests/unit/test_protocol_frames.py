@@ -372,3 +372,35 @@ async def test_a_burst_of_frames_no_one_can_finish_loses_the_oldest_and_moves_on
         assert served >= 1 and closed >= 1 and served + closed == 6
     await until(lambda: pool.stats().outstanding == 0)
     pool.close()
+
+
+@pytest.mark.asyncio
+async def test_frames_just_over_a_buffer_from_200_clients_all_finish() -> None:
+    # The arena holds about 60 receive buffers: every client's first buffer
+    # is full of its frame, and the last 100 bytes of each need one more.
+    # Those are urgent (ahead of fresh reads), so frames finish and free
+    # what they hold instead of waiting behind new reads for ever.
+    arena = buffer_arena(4 << 20, classes=(256, 65536), trim_after=None)
+    done: list[int] = []
+
+    class Counted(Frames):
+        def frame_received(self, chain: BufferChain) -> None:
+            done.append(len(chain))
+            chain.free()
+            self.transport.write(b"ok")
+
+    payload = frame(bytes(65536 + 96))
+
+    async def one(port: int) -> bool:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        try:
+            return await asyncio.wait_for(reader.readexactly(2), TIMEOUT) == b"ok"
+        finally:
+            await close(writer)
+
+    async with serve(lambda: Counted(arena)) as (port, _):
+        answers = await asyncio.gather(*(one(port) for _ in range(200)))
+    assert all(answers) and len(done) == 200
+    await until(lambda: arena_out(arena) == 0)
+    arena.close()
