@@ -40,7 +40,12 @@ DEFAULTS = {
         "--seconds": "0.5",
     },
     "echo_server.py": SERVER_DEFAULTS,
-    "resp_server.py": SERVER_DEFAULTS,
+    # On an arena: --max-bytes is its budget, --max-nr an alternative.
+    "resp_server.py": {
+        **SERVER_DEFAULTS,
+        "--max-bytes": "268435456",
+        "--max-nr": "None",
+    },
     "tcp_proxy.py": SERVER_DEFAULTS,  # and --upstream, required: no default
     "anyio_echo.py": {**SERVER_DEFAULTS, "--idle-timeout": "30.0"},
 }
