@@ -2,8 +2,8 @@
 
 ``draw()`` makes every chart of a run; ``python -m benchmarks.charts`` draws
 them again from the files a run left (``results.json``, and ``servers.md``
-from ``python -m benchmarks.servers``), without measuring anything: after a
-server run, or after a change to the charts.
+and ``hostile.md`` from ``python -m benchmarks.servers``), without
+measuring anything: after a server run, or after a change to the charts.
 
 The charts are made for the width of the benchmark page: 8 inches drawn at
 150 dpi, shown about 700 pixels wide, so that 9-point text stays readable.
@@ -497,9 +497,17 @@ def _servers_chart(servers: Servers, path: Path) -> Path:
     return _finish(fig, title, servers.header.replace("`", ""), path)
 
 
-def write_servers_table(servers: Servers, path: Path) -> Path:
+def write_servers_table(
+    servers: Servers | None, path: Path, hostile: Hostile | None = None
+) -> Path:
     """The server figures as Markdown, for the benchmark page to include: a
-    row per server, a column per run; then the burst."""
+    row per server, a column per run; then the burst; then the hostile
+    scenarios."""
+    if servers is None:
+        header = hostile.header if hostile is not None else ""
+        lines = [header, *(_hostile_lines(hostile) if hostile is not None else [])]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
     runs = servers.runs()
     names = list(dict.fromkeys(r.server for r in servers.rows if not _is_burst(r)))
     by_key = {(r.run, r.server): r for r in servers.rows}
@@ -534,8 +542,173 @@ def write_servers_table(servers: Servers, path: Path) -> Path:
             rss = "-" if row.rss_mib is None else f"{row.rss_mib:.1f} MiB"
             text = row.text.replace("|", "\\|")
             lines.append(f"| {row.server} | {text} | {rss} |")
+    if hostile is not None and hostile.rows:
+        if hostile.header != servers.header:
+            lines += ["", hostile.header]
+        lines += _hostile_lines(hostile)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# -- the hostile scenarios ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostileRow:
+    """One server in one hostile scenario, as its table shows it."""
+
+    scenario: str  # "slowloris 2,000 x 1 B/0.5 s, 60 s", ...
+    server: str
+    client: str  # the well-behaved client's figures
+    rss_mib: float | None
+    note: str  # what happened
+
+
+@dataclass(frozen=True)
+class Hostile:
+    header: str
+    rows: list[HostileRow]
+
+    def scenarios(self) -> list[str]:
+        return list(dict.fromkeys(r.scenario for r in self.rows))
+
+
+def parse_hostile_md(text: str) -> Hostile:
+    """The first table of ``hostile.md`` (``python -m benchmarks.servers``
+    writes it)."""
+    lines = text.splitlines()
+    header = lines[0].strip() if lines else ""
+    rows = []
+    in_table = False
+    for line in lines:
+        if line.startswith("| scenario | server |"):
+            in_table = True
+            continue
+        if not in_table or line.startswith("| ---"):
+            continue
+        if not line.startswith("|"):
+            break
+        # "\|" inside a cell is a "|" of the text.
+        cells = [
+            c.strip().replace("\0", "|")
+            for c in line.replace("\\|", "\0").strip().strip("|").split("|")
+        ]
+        if len(cells) < 5:
+            continue
+        scenario, server, client, rss, note = cells[:5]
+        rows.append(
+            HostileRow(
+                scenario,
+                server,
+                "" if client == "-" else client,
+                _mib(rss),
+                "" if note == "-" else note,
+            )
+        )
+    return Hostile(header, rows)
+
+
+def hostile_from_json(data: dict[str, Any], run: Run) -> Hostile | None:
+    """The hostile figures in ``benchmarks/servers.py``'s ``run()`` return
+    value; None if it has none."""
+    hostile = data.get("hostile")
+    if not hostile or not hostile.get("rows"):
+        return None
+    labels = {key: s["label"] for key, s in data.get("servers", {}).items()}
+    scenarios = hostile.get("scenarios", {})
+    rows = []
+    for raw in hostile["rows"]:
+        rss = raw["peak_rss_bytes"]
+        rows.append(
+            HostileRow(
+                scenarios.get(raw["scenario"], raw["scenario"]),
+                labels.get(raw["server"], raw["server"]),
+                raw["client"] or "",
+                None if rss is None else rss / 2**20,
+                raw["note"] or "",
+            )
+        )
+    m = run.machine
+    return Hostile(f"Run on {m['cpu_count']} CPUs, {m['python']}, {m['date']}.", rows)
+
+
+def load_hostile(run: Run, out: Path) -> Hostile | None:
+    """The run's own hostile figures, else those of ``out/hostile.md``."""
+    if run.servers:
+        found = hostile_from_json(run.servers, run)
+        if found is not None:
+            return found
+    md = out / "hostile.md"
+    if md.exists():
+        return parse_hostile_md(md.read_text(encoding="utf-8"))
+    return None
+
+
+def _hostile_panel(ax: Axes, hostile: Hostile, scenario: str) -> None:
+    rows = [r for r in hostile.rows if r.scenario == scenario]
+    best = max((r.rss_mib or 0.0 for r in rows), default=1.0) or 1.0
+    for y, row in enumerate(rows):
+        if row.rss_mib is None:
+            _status(ax, y, row.note or row.client)
+            continue
+        ax.barh(y, row.rss_mib, 0.6, color=RSS_COLOR)
+        rss = row.rss_mib
+        text = f"{rss:,.0f} MiB" if rss >= 10 else f"{rss:.1f} MiB"
+        if row.client:
+            text += f"; {row.client}"
+        if "timed out after" in row.note:
+            text += "; the scenario timed out"
+        if "died" in row.note:
+            text += "; the server died"
+        ax.text(
+            rss,
+            y,
+            "\n".join(" " + line for line in textwrap.wrap(text, 62)),
+            va="center",
+            fontsize=VALUE_SIZE - 1,
+        )
+    _labels(ax, [r.server for r in rows], [r.server.startswith("pooled") for r in rows])
+    ax.set_xlim(0, best * 2.8)
+    ax.tick_params(axis="x", labelsize=VALUE_SIZE)
+    ax.set_title(scenario, fontsize=TITLE_SIZE, loc="left")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _hostile_chart(hostile: Hostile, path: Path) -> Path:
+    scenarios = hostile.scenarios()
+    sizes = [
+        0.42 * len([r for r in hostile.rows if r.scenario == s]) + 0.6
+        for s in scenarios
+    ]
+    fig = Figure(figsize=(WIDTH, sum(sizes) + 1.2))
+    axes = fig.subplots(
+        len(sizes), 1, gridspec_kw={"height_ratios": sizes}, squeeze=False
+    )[:, 0]
+    for ax, scenario in zip(axes, scenarios, strict=True):
+        _hostile_panel(ax, hostile, scenario)
+    axes[-1].set_xlabel(
+        "the server's peak memory, MiB; lower is better. Beside it: what a "
+        "well-behaved client got",
+        fontsize=VALUE_SIZE,
+    )
+    title = "Hostile clients: the pooled RESP server, asyncio streams, redis-server"
+    return _finish(fig, title, hostile.header.replace("`", ""), path)
+
+
+def _hostile_lines(hostile: Hostile) -> list[str]:
+    lines = [
+        "",
+        "Hostile clients, each scenario on a server started for it: what a "
+        "well-behaved client got meanwhile, and the server's peak memory.",
+        "",
+        "| scenario | server | well-behaved client | peak RSS | what happened |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    for row in hostile.rows:
+        rss = "-" if row.rss_mib is None else f"{row.rss_mib:.1f} MiB"
+        cells = [row.scenario, row.server, row.client or "-", rss, row.note or "-"]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
 
 
 # -- every chart ----------------------------------------------------------------
@@ -543,7 +716,8 @@ def write_servers_table(servers: Servers, path: Path) -> Path:
 
 def draw(run: Run, out: Path, handoff_title: str) -> list[Path]:
     """Every chart of the run, as PNG files in ``out``; with server figures
-    (the run's, or those of ``out/servers.md``), their chart and table too."""
+    (the run's, or those of ``out/servers.md`` and ``out/hostile.md``),
+    their charts and table too."""
     buffer_keys = [g.key for g in run.loops[0].groups if g.key.startswith("buffers")]
     written = [
         _groups_chart(
@@ -561,9 +735,18 @@ def draw(run: Run, out: Path, handoff_title: str) -> list[Path]:
         _handoff_chart(run, handoff_title, out / "handoff.png"),
     ]
     servers = load_servers(run, out)
-    if servers is not None and servers.rows:
+    hostile = load_hostile(run, out)
+    if servers is not None and not servers.rows:
+        servers = None
+    if hostile is not None and not hostile.rows:
+        hostile = None
+    if servers is not None:
         written.append(_servers_chart(servers, out / "servers.png"))
-        written.append(write_servers_table(servers, out / "servers-table.md"))
+    if hostile is not None:
+        written.append(_hostile_chart(hostile, out / "hostile.png"))
+    if servers is not None or hostile is not None:
+        table = out / "servers-table.md"
+        written.append(write_servers_table(servers, table, hostile))
     return written
 
 
@@ -660,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.charts",
         description="Draw the charts and the page's tables again from "
-        "results.json (and servers.md), measuring nothing.",
+        "results.json (and servers.md, hostile.md), measuring nothing.",
     )
     parser.add_argument(
         "--out",

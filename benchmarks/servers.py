@@ -1,5 +1,5 @@
 """The server benchmark (run on demand: ``python -m benchmarks --servers``,
-or alone: ``python -m benchmarks.servers [--quick]``).
+or alone: ``python -m benchmarks.servers [--quick] [--hostile | --no-hostile]``).
 
 ``redis-benchmark -t ping,set,get -c 50 -q`` drives, each started afresh
 per run on 127.0.0.1:
@@ -22,10 +22,22 @@ measured is what the server holds while reading, not what it stores.
 
 The table ends with the targets of the servers issue, each a ratio of two
 servers measured in the same run (PASS or MISS), and other ratios beside
-them (info). ``run(quick)`` prints it and returns its figures (JSON-able),
-as ``benchmarks/suite.py`` expects; a full run alone also writes it as
-Markdown into ``docs/assets/benchmarks/servers.md``, which the benchmark
-page shows.
+them (info).
+
+Then the hostile scenarios (``benchmarks/hostile.py``: slowloris, idle
+one-byte connections, big unfinished values, pipelined GETs never read,
+bursts of big SETs, a huge DEL), each on the pooled server (asyncio,
+uvloop, with the example's default pool), the streams server (asyncio) and
+redis-server, each started afresh for it and run with as many open files
+as the hard limit allows: what a well-behaved client got meanwhile, and the
+server's peak RSS. ``--hostile`` runs them alone, ``--no-hostile`` leaves
+them out.
+
+``run(quick)`` prints the tables and returns their figures (JSON-able), as
+``benchmarks/suite.py`` expects; a full run alone also writes them as
+Markdown into ``docs/assets/benchmarks/``: ``servers.md`` and
+``hostile.md``, from which ``python -m benchmarks.charts`` draws the
+benchmark page's server chart, hostile chart and table.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import importlib.util
 import io
 import os
@@ -52,6 +65,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks import hostile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESP_SERVER = ROOT / "examples" / "resp_server.py"
@@ -170,15 +185,51 @@ def ping(port: int) -> bool:
         return False
 
 
+def nofile_to_hard() -> None:
+    """In a server's child process before exec: as many open files as the
+    hard limit allows (thousands of hostile connections)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass
+class Proc:
+    """A started server: its pid and port; once stopped, ``stats`` is the
+    line it printed then ("stats: ..."), ``returncode`` how it ended, and
+    ``killed`` whether it had to be killed."""
+
+    pid: int
+    port: int
+    popen: subprocess.Popen[str]
+    stats: str | None = None
+    returncode: int | None = None
+    stderr_tail: str = ""
+    killed: bool = False  # it did not stop in time
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
 @contextlib.contextmanager
-def started(server: Server, extra: list[str]) -> Iterator[tuple[int, int]]:
-    """Start ``server`` on a free port of 127.0.0.1; yield (pid, port).
-    Stopped on exit, killed if it does not stop in time."""
+def launched(
+    server: Server, extra: list[str], stop_timeout: float = STOP_TIMEOUT
+) -> Iterator[Proc]:
+    """Start ``server`` on a free port of 127.0.0.1, its open files limit
+    raised to the hard one; yield it. Stopped (SIGINT) on exit, killed if
+    it does not stop within ``stop_timeout``; then ``stats`` and
+    ``returncode`` say how it ended."""
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "stderr", "w+") as err:
         if server.python:
             argv = [*server.argv, "--port", "0", "--host", HOST, *extra]
             proc = subprocess.Popen(
-                argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True
+                argv,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                preexec_fn=nofile_to_hard,
             )
         else:
             port = free_port()
@@ -186,10 +237,17 @@ def started(server: Server, extra: list[str]) -> Iterator[tuple[int, int]]:
                 *server.argv,
                 "--bind", HOST, "--port", str(port), "--save", "", "--appendonly",
                 "no", "--dir", tmp, "--daemonize", "no", "--protected-mode", "no",
+                *extra,
             ]  # fmt: skip
             proc = subprocess.Popen(
-                argv, cwd=tmp, stdout=subprocess.DEVNULL, stderr=err, text=True
+                argv,
+                cwd=tmp,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+                preexec_fn=nofile_to_hard,
             )
+        handle: Proc | None = None
         try:
             if server.python:
                 assert proc.stdout is not None
@@ -211,14 +269,36 @@ def started(server: Server, extra: list[str]) -> Iterator[tuple[int, int]]:
                             f"{server.label} did not start: {err.read()[-500:]}"
                         )
                     time.sleep(0.05)
-            yield proc.pid, port
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=STOP_TIMEOUT)
+            handle = Proc(proc.pid, port, proc)
+            yield handle
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                out, _ = proc.communicate(timeout=stop_timeout)
+            except subprocess.TimeoutExpired:
+                handle.killed = True  # killed below
+            else:
+                found = re.findall(r"^stats: .*$", out or "", re.M)
+                handle.stats = found[-1] if found else None
         finally:
             if proc.poll() is None:
                 proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
                 proc.communicate(timeout=STOP_TIMEOUT)
+            if handle is not None:
+                handle.returncode = proc.returncode
+                err.seek(0)
+                handle.stderr_tail = err.read()[-300:]
+
+
+@contextlib.contextmanager
+def started(server: Server, extra: list[str]) -> Iterator[tuple[int, int]]:
+    """Start ``server`` on a free port of 127.0.0.1; yield (pid, port).
+    Stopped on exit, killed if it does not stop in time."""
+    with launched(server, extra) as proc:
+        yield proc.pid, proc.port
+    if proc.killed:
+        raise RuntimeError(f"{server.label} did not stop within {STOP_TIMEOUT:.0f} s")
 
 
 # -- redis-benchmark ----------------------------------------------------------
@@ -314,6 +394,191 @@ def raise_nofile() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- the hostile scenarios ----------------------------------------------------
+
+#: The servers of the hostile scenarios: the example on both loops, the
+#: streams baseline and redis-server (each started afresh per scenario).
+HOSTILE_SERVERS = ("pooled_asyncio", "pooled_uvloop", "streams_asyncio", "redis")
+HOSTILE_STOP_TIMEOUT = 8.0
+
+
+@dataclass
+class HostileRow:
+    scenario: str
+    server: str
+    client: str = ""  # the well-behaved client's figures
+    note: str = ""  # what happened
+    peak_rss: int | None = None  # bytes
+    figures: dict[str, Any] = field(default_factory=dict)
+    stats: str | None = None  # the example's "stats: ..." line
+    seconds: float | None = None
+
+
+def measure_hostile(quick: bool) -> list[HostileRow]:
+    """Every hostile scenario on every server of ``HOSTILE_SERVERS``, each
+    on a server started for it; a line of progress per run."""
+    sizes = hostile.QUICK if quick else hostile.FULL
+    raise_nofile()
+    rows: list[HostileRow] = []
+    for scenario in hostile.SCENARIOS:
+        label = scenario.label(sizes)
+        for server in servers():
+            if server.key not in HOSTILE_SERVERS:
+                continue
+            row = HostileRow(scenario.key, server.key)
+            rows.append(row)
+            if server.missing:
+                row.note = server.missing
+                continue
+            print(f"  hostile: {label} on {server.label} ...", end="", flush=True)
+            out = hostile.Outcome()
+            started_at = time.monotonic()
+            proc: Proc | None = None
+            try:
+                with launched(server, [], HOSTILE_STOP_TIMEOUT) as proc:
+                    sampler = hostile.Sampler(proc.pid)
+                    target = hostile.Target(proc.pid, proc.port, sampler, proc.alive)
+                    try:
+                        asyncio.run(hostile.run_scenario(scenario, target, sizes, out))
+                    finally:
+                        row.peak_rss = sampler.stop()
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                out.note(f"failed: {exc}"[:200])
+            if proc is not None:
+                row.stats = proc.stats
+                if out.figures.get("died"):
+                    last = proc.stderr_tail.strip().splitlines()[-1:] or [""]
+                    out.note(f"exit status {proc.returncode}: {last[0][:100]}")
+                elif proc.killed:
+                    stop = HOSTILE_STOP_TIMEOUT
+                    out.note(f"did not stop within {stop:.0f} s: killed")
+            row.seconds = time.monotonic() - started_at
+            row.client = out.client
+            row.note = "; ".join(out.notes)
+            row.figures = out.figures
+            print(f" {row.seconds:.0f} s", flush=True)
+    return rows
+
+
+def hostile_targets(rows: list[HostileRow]) -> list[dict[str, Any]]:
+    """The ratios of the hostile scenarios worth a look (judged by nothing
+    yet): the peak RSS of the pooled server over the streams server's in
+    the bursts of big SETs."""
+    peaks = {
+        (r.scenario, r.server): r.peak_rss
+        for r in rows
+        if r.peak_rss and not r.figures.get("timed_out")
+    }
+    lines = []
+    for scenario, what in (("set_64k", "64 KiB"), ("set_1m", "1 MiB")):
+        streams = peaks.get((scenario, "streams_asyncio"))
+        for loop in ("asyncio", "uvloop"):
+            pooled = peaks.get((scenario, f"pooled_{loop}"))
+            ratios = None if not pooled or not streams else {"rss": pooled / streams}
+            name = f"{what} SETs peak RSS: pooled ({loop}) / streams (asyncio)"
+            lines.append(ratio_line(name, ratios, None, 0))
+    return lines
+
+
+def hostile_labels(quick: bool) -> dict[str, str]:
+    sizes = hostile.QUICK if quick else hostile.FULL
+    return {s.key: s.label(sizes) for s in hostile.SCENARIOS}
+
+
+def print_hostile(
+    rows: list[HostileRow], lines: list[dict[str, Any]], quick: bool
+) -> None:
+    labels = {s.key: s.label for s in servers()}
+    scenarios = hostile_labels(quick)
+    print(
+        "\nHostile clients: each scenario on a server started for it; peak RSS = "
+        "the highest VmHWM / VmRSS (sampled every 50 ms)"
+    )
+    head = f"  {'server':<18} {'well-behaved client':<56} {'peak RSS':>11}"
+    head += "  what happened"
+    print(head)
+    print("-" * len(head))
+    for key, title in scenarios.items():
+        print(title)
+        for row in rows:
+            if row.scenario != key:
+                continue
+            client = row.client or "-"
+            print(
+                f"  {labels[row.server]:<18} {client:<56} "
+                f"{mib(row.peak_rss):>11}  {row.note}"
+            )
+    print("\nHostile ratios")
+    for line in lines:
+        shown, verdict = ratio_text(line)
+        target = line["target"] or "-"
+        print(f"  {line['name']:<58} {shown:<12} {target:<8} {verdict}")
+
+
+def hostile_markdown(
+    rows: list[HostileRow],
+    lines: list[dict[str, Any]],
+    info: dict[str, Any],
+    quick: bool,
+) -> str:
+    """The hostile table as ``hostile.md``; ``benchmarks/charts.py`` parses
+    its first table."""
+    labels = {s.key: s.label for s in servers()}
+    scenarios = hostile_labels(quick)
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|") or "-"
+
+    out = [
+        f"Run on {info['machine']}, {time.strftime('%Y-%m-%d')}; "
+        f"`{' '.join(info['command'])}`.",
+        "",
+        "| scenario | server | well-behaved client | peak RSS | what happened |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    for row in rows:
+        out.append(
+            f"| {cell(scenarios[row.scenario])} | {labels[row.server]} "
+            f"| {cell(row.client)} | {mib(row.peak_rss)} | {cell(row.note)} |"
+        )
+    out += ["", "| ratio | measured | target | |", "| --- | --- | --- | --- |"]
+    for line in lines:
+        shown, verdict = ratio_text(line)
+        out.append(
+            f"| `{line['name']}` | {shown} | {line['target'] or '-'} | {verdict} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def hostile_json(
+    rows: list[HostileRow], lines: list[dict[str, Any]], quick: bool
+) -> dict[str, Any]:
+    sizes = hostile.QUICK if quick else hostile.FULL
+    labels = hostile_labels(quick)
+    return {
+        "mode": "quick" if quick else "full",
+        "sizes": {
+            k: ({str(size): n for size, n in v.items()} if isinstance(v, dict) else v)
+            for k, v in dataclasses.asdict(sizes).items()
+        },
+        "scenarios": labels,
+        "rows": [
+            {
+                "scenario": row.scenario,
+                "server": row.server,
+                "client": row.client or None,
+                "note": row.note or None,
+                "peak_rss_bytes": row.peak_rss,
+                "figures": row.figures,
+                "stats": row.stats,
+                "seconds": row.seconds,
+            }
+            for row in rows
+        ],
+        "ratios": lines,
+    }
 
 
 # -- the table ----------------------------------------------------------------
@@ -560,50 +825,83 @@ def machine() -> str:
     return f"{cpus} CPUs, {impl} {version}"
 
 
-def run(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
-    """Measure, print the table, return the figures; with ``out``, write
-    the table as Markdown there too (``servers.md``)."""
+def run(
+    quick: bool = False,
+    out: Path | None = None,
+    throughput: bool = True,
+    hostile_part: bool = True,
+) -> dict[str, Any]:
+    """Measure, print the tables, return the figures: the throughput runs
+    and the burst, then the hostile scenarios (either may be left out);
+    with ``out``, write the tables as Markdown there too (``servers.md``,
+    ``hostile.md``)."""
     started_at = time.perf_counter()
     if shutil.which("redis-benchmark") is None:
         print("\nserver figures: redis-benchmark is not installed (redis-tools)")
         return {"error": "redis-benchmark not installed"}
-    rows, bursts, info = measure(quick)
-    info["machine"] = machine()
-    info["command"] = ["python", "-m", "benchmarks.servers", *(["--quick"] * quick)]
-    lines = targets(rows, bursts)
-    print_table(rows, bursts, lines, info)
+    info: dict[str, Any] = {"machine": machine()}
+    argv = ["python", "-m", "benchmarks.servers"]
+    argv += ["--hostile"] * (hostile_part and not throughput)
+    argv += ["--no-hostile"] * (throughput and not hostile_part)
+    info["command"] = [*argv, *(["--quick"] * quick)]
+    rows: list[Row] = []
+    bursts: list[Row] = []
+    lines: list[dict[str, Any]] = []
+    if throughput:
+        rows, bursts, measured = measure(quick)
+        info.update(measured)
+        lines = targets(rows, bursts)
+        print_table(rows, bursts, lines, info)
+    hostile_data = None
+    if hostile_part:
+        print("\nHostile scenarios:", flush=True)
+        hostile_rows = measure_hostile(quick)
+        hostile_lines = hostile_targets(hostile_rows)
+        print_hostile(hostile_rows, hostile_lines, quick)
+        hostile_data = hostile_json(hostile_rows, hostile_lines, quick)
     seconds = time.perf_counter() - started_at
     print(f"(server figures in {seconds:.0f} s)")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "servers.md").write_text(markdown(rows, bursts, lines, info))
-        print(f"table written to {out / 'servers.md'}")
-    return {
-        "mode": "quick" if quick else "full",
-        "clients": CLIENTS,
-        "requests": info["n"],
-        "burst": {
-            "connections": info["connections"],
-            "command_bytes": info["command_bytes"],
-            "pooled_args": " ".join(BURST_POOL),
-        },
-        "servers": {
-            s.key: {"label": s.label, "available": s.missing is None} for s in servers()
-        },
-        "rows": [
+        if throughput:
+            (out / "servers.md").write_text(markdown(rows, bursts, lines, info))
+            print(f"table written to {out / 'servers.md'}")
+        if hostile_part:
+            (out / "hostile.md").write_text(
+                hostile_markdown(hostile_rows, hostile_lines, info, quick)
+            )
+            print(f"hostile table written to {out / 'hostile.md'}")
+    data: dict[str, Any] = {"mode": "quick" if quick else "full", "clients": CLIENTS}
+    if throughput:
+        data.update(
             {
-                "run": row.run,
-                "server": row.server,
-                "rps": row.rps or None,
-                "peak_rss_bytes": row.peak_rss,
-                "seconds": row.seconds,
-                "note": row.note or None,
+                "requests": info["n"],
+                "burst": {
+                    "connections": info["connections"],
+                    "command_bytes": info["command_bytes"],
+                    "pooled_args": " ".join(BURST_POOL),
+                },
+                "rows": [
+                    {
+                        "run": row.run,
+                        "server": row.server,
+                        "rps": row.rps or None,
+                        "peak_rss_bytes": row.peak_rss,
+                        "seconds": row.seconds,
+                        "note": row.note or None,
+                    }
+                    for row in rows + bursts
+                ],
+                "targets": lines,
             }
-            for row in rows + bursts
-        ],
-        "targets": lines,
-        "seconds": seconds,
+        )
+    data["servers"] = {
+        s.key: {"label": s.label, "available": s.missing is None} for s in servers()
     }
+    if hostile_data is not None:
+        data["hostile"] = hostile_data
+    data["seconds"] = seconds
+    return data
 
 
 def main() -> None:
@@ -611,18 +909,29 @@ def main() -> None:
         prog="python -m benchmarks.servers", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--quick", action="store_true", help="small runs")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--hostile",
+        action="store_true",
+        help="only the hostile scenarios (benchmarks/hostile.py)",
+    )
+    which.add_argument(
+        "--no-hostile",
+        action="store_true",
+        help="only the throughput runs and the burst, no hostile scenario",
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
-        help="write the table there as servers.md (a full run without it "
-        "writes into docs/assets/benchmarks; --quick writes nothing)",
+        help="write the tables there as servers.md and hostile.md (a full run "
+        "without it writes into docs/assets/benchmarks; --quick writes nothing)",
     )
     args = parser.parse_args()
     out = args.out
     if out is None and not args.quick:
         out = ROOT / "docs" / "assets" / "benchmarks"
-    run(args.quick, out)
+    run(args.quick, out, throughput=not args.hostile, hostile_part=not args.no_hostile)
 
 
 if __name__ == "__main__":
