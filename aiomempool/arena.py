@@ -601,6 +601,10 @@ class BufferArena:
         """``count`` buffers of ``pool``'s class, all or none, counted:
         its cache first (growing within the budget), then its reserve."""
         got = pool._gather(count, mask)
+        if mask.high and self._line.nparked:
+            # Urgent, it took past ordinary waiters: what it left (the rest
+            # of a slab it grew, or slots it gave back, failing) is theirs.
+            self._serve()
         if got is None:
             return None
         slots, from_reserve = got

@@ -146,16 +146,7 @@ Slot = tuple[int, int]  # (the serial of its slab, its index in the slab)
 
 #: Bugs the machines step around, each pinned down by an xfail test at the
 #: end of the file.
-KNOWN = {
-    # An urgent request (GFP.HIGH) that takes while ordinary tasks wait may
-    # grow a slab and leave slots of it free (it took one; or a bulk request
-    # that failed gave back what it had): nobody serves the line, and an
-    # ordinary waiter of the class stays parked beside free slots (until the
-    # next free, or the retry tick). The model does the same (it follows the
-    # code), and the lost wake-up check at rest stands aside until the line
-    # is next served: see test_an_ordinary_waiter_is_served_from_the_slots_*.
-    "urgent take leaves slots",
-}
+KNOWN: set[str] = set()
 
 
 def pattern(key: int, nbytes: int) -> bytes:
@@ -445,8 +436,10 @@ class ArenaModel:
         waits: nothing while a task waits that it must queue behind."""
         if not self.clear(high):
             return None
-        self.passed = self.passed or bool(high and self.nparked)
-        return self.take(c, count, high)
+        got = self.take(c, count, high)
+        if high and self.nparked:
+            self.serve()  # what the urgent take left is the ordinary line's
+        return got
 
     def free(self, c: ClassModel, slot: Slot) -> None:
         c.frees += 1
@@ -498,8 +491,9 @@ class ArenaModel:
                 req.slots, req.state = got, "done"
                 return
         if self.clear(req.high):
-            self.passed = self.passed or bool(req.high and self.nparked)
             got = self.take(c, req.count, req.high)
+            if req.high and self.nparked:
+                self.serve()  # what the urgent take left is the line's
             if got is not None:
                 req.slots, req.state = got, "done"
                 return
@@ -1491,12 +1485,6 @@ def test_bytes_requested_is_what_was_asked_for_in_debug_mode_and_sampled(
         arena.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an urgent request (GFP.HIGH) that takes while ordinary tasks "
-    "wait does not serve the line: the slots it leaves free in a slab it "
-    "grew (or gave back, failing) wait for the next free or the retry tick",
-)
 @pytest.mark.parametrize("urgent", ["alloc_nowait", "alloc_bulk"])
 def test_an_ordinary_waiter_is_served_from_the_slots_an_urgent_request_left(
     urgent: str,
@@ -1516,7 +1504,8 @@ def test_an_ordinary_waiter_is_served_from_the_slots_an_urgent_request_left(
             else:
                 # 4 made in the headroom, a fifth not: all given back.
                 assert await arena.alloc_bulk(5, 2048, GFP_ATOMIC) is None
-            assert arena.stats().classes[0].slab.objects_free >= 3
+            # Handed to the waiter at once, from what the urgent take left.
+            assert arena.stats().classes[0].slab.objects_free >= 2
             for _ in range(3):
                 await asyncio.sleep(0)
             assert waiter.done(), "the waiter waits beside free slots"
