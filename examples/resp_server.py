@@ -475,12 +475,6 @@ class RespProtocol(PooledBufferedProtocol):
             pos = 0
             if self.args is not None:
                 pos = self.parse_args(view, 0)
-                if self.args is not None and not self.writing_paused:
-                    # A command of many reads (a DEL of 400,000 keys): one
-                    # read per loop iteration, so that the other clients
-                    # are answered in between (uvloop reads up to 32 at once).
-                    self.pause_reading()
-                    asyncio.get_running_loop().call_soon(self.read_on)
             elif self.inline or self.line is not None:
                 pos = self.resume_inline(view)
             end = len(view)
@@ -734,11 +728,6 @@ class RespProtocol(PooledBufferedProtocol):
     def pause_writing(self) -> None:
         self.writing_paused = True
         self.pause_reading()
-
-    def read_on(self) -> None:
-        """The next read of a command of many reads, an iteration later."""
-        if not self.writing_paused and not self.transport.is_closing():
-            self.resume_reading()
 
     def resume_writing(self) -> None:
         """Execute what waits, until writing pauses again; then read on."""
