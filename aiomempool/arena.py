@@ -74,7 +74,7 @@ from .gfp import (
     decode_mask,
 )
 from .gfp import _Mask as Mask
-from .mempool import ElementContext, Kernel, _Handful
+from .mempool import ElementContext, Kernel, _Handful, _weakly
 from .pools import TRIM_AFTER, SlabPool
 from .slab import SlabCache
 from .stats import ArenaStats, MempoolStats, Outstanding, SizeClassStats
@@ -1057,18 +1057,6 @@ def _giver(
 def _unname(pool: SlabPool) -> None:
     """Take a class's pool out of the named pools: the arena stands for it."""
     _mempool._named.discard(pool)
-
-
-def _weakly(method: Any) -> Any:
-    """``method``, called through a weak reference to its object."""
-    ref = weakref.WeakMethod(method)
-
-    def call() -> None:
-        bound = ref()
-        if bound is not None:
-            bound()
-
-    return call
 
 
 def _added_up(name: str | None, parts: list[MempoolStats]) -> MempoolStats:
