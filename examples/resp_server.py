@@ -18,8 +18,14 @@ memoryviews, and a read's replies go out in one write; only the keys and
 values it stores are copied.
 
 A command cut by the end of a read is parsed once, never again from its
-start: its arguments so far are copied (they are small) and the parse
-goes on where it stopped. The argument it was cut in is kept
+start: its arguments so far are copied (they are small; plain bytes, which
+the cyclic garbage collector does not track) and the parse goes on where
+it stopped. A read that parsed ``YIELD_ARGS`` arguments or more of it
+ends the connection's reading for the loop iteration, and a DEL of more
+than ``DEL_SLICE`` keys deletes that many per iteration, the connection's
+next commands deferred behind it: the other clients are answered in
+between (a 400,000-key DEL is 43 reads and 13 slices, a few milliseconds
+each). Such a DEL is not atomic. The argument it was cut in is kept
 (``keep_buffer()``, which moves a few bytes into a buffer of their size,
 so an idle or trickling client holds what it sent, not a receive buffer),
 or, if it does not fit a receive buffer (a big SET value), gathered in
@@ -47,8 +53,9 @@ rest of the read waits, copied (at most one read per connection), and
 reading pauses; ``resume_writing()`` executes it and resumes reading.
 Besides the budget and the store, memory is bounded per connection by
 the write buffer (its high-water mark, 64 KiB, plus the last reply), the
-commands waiting for it (one read), and the copied arguments of an
-unfinished command (within ``max_held``).
+commands waiting for it or for a DEL's slices (one read), and the copied
+arguments of an unfinished command or of a DEL in slices (each within
+``max_held``).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import repeat
 from typing import NoReturn
 
 from aiomempool import (
@@ -96,6 +104,14 @@ MAX_HELD = 64 * 1024 * 1024
 #: What a copied argument of an unfinished command costs beyond its bytes,
 #: for the quota: the bytes object and its slot in the list.
 ARG_OVERHEAD = 64
+#: A DEL completed across reads deletes this many keys per loop iteration
+#: at most (a few milliseconds), the other connections served in between.
+DEL_SLICE = 32768
+#: A read that parsed this many arguments of a command it did not finish
+#: ends the connection's reading for the loop iteration: the next read may
+#: be as much work again (uvloop reads up to 32 times in one callback; a
+#: 64 KiB read of one-byte keys holds 9,362 arguments).
+YIELD_ARGS = 1024
 MIB = 1024 * 1024
 
 OK = b"+OK\r\n"
@@ -108,18 +124,11 @@ class ProtocolError(Exception):
     """The client sent something that is not RESP."""
 
 
-class Copied(bytes):
-    """An argument of a command cut by the end of a read, copied out of the
-    receive buffer; ``tobytes()`` as a memoryview's (what the commands call)."""
-
-    __slots__ = ()
-
-    def tobytes(self) -> bytes:
-        return bytes(self)
-
-
-#: An argument: a slice of the receive buffer, or a copy.
-Arg = memoryview | Copied
+#: An argument: a slice of the receive buffer (a memoryview, whose
+#: ``tobytes()`` copies it), or a copy made already (bytes: plain bytes,
+#: which the cyclic garbage collector does not track, so that the 400,000
+#: copied keys of a DEL add nothing to what each full collection walks).
+Arg = memoryview | bytes
 #: A reply: one bytes, or the pieces of a big value's, written as they are.
 Reply = bytes | tuple[bytes, ...]
 
@@ -128,6 +137,12 @@ def bulk(value: bytes | memoryview) -> bytes:
     """``value`` as a RESP bulk string (one copy of it; join copies a big
     memoryview twice as fast as %-formatting)."""
     return b"".join((b"$%d\r\n" % len(value), value, b"\r\n"))
+
+
+def raw(arg: Arg) -> bytes:
+    """The bytes of an argument: its slice of the receive buffer copied, or
+    the copy made already."""
+    return arg if type(arg) is bytes else arg.tobytes()
 
 
 def unbulk(reply: bytes) -> bytes:
@@ -337,9 +352,12 @@ class Store:
             b"CONFIG": self.config,
         }
 
-    # memoryview.tobytes() copies, as bytes() does, in half the time.
+    # memoryview.tobytes() copies, as bytes() does, in half the time; the
+    # commands on keys and values test for a copy inline (a call costs more).
     def execute(self, args: Sequence[Arg]) -> Reply:
-        name = args[0].tobytes()
+        name = args[0]
+        if type(name) is not bytes:
+            name = name.tobytes()
         command = self.commands.get(name)  # as clients send them, "GET"
         if command is None:
             name = name.upper()  # "get", "Get"
@@ -368,7 +386,8 @@ class Store:
     def set(self, args: Sequence[Arg]) -> bytes:
         if len(args) != 3:
             raise IndexError
-        self.data[args[1].tobytes()] = bulk(args[2])
+        key = args[1]
+        self.data[key if type(key) is bytes else key.tobytes()] = bulk(args[2])
         return OK
 
     def set_pieces(self, key: bytes, pieces: tuple[bytes, ...]) -> bytes:
@@ -377,22 +396,22 @@ class Store:
         return OK
 
     def get(self, args: Sequence[Arg]) -> Reply:
-        return self.data.get(args[1].tobytes(), NIL)
+        key = args[1]
+        return self.data.get(key if type(key) is bytes else key.tobytes(), NIL)
 
     def delete(self, args: Sequence[Arg]) -> bytes:
         if len(args) < 2:
             raise IndexError
-        # A copied key is bytes already: no copy more, no call per key (a
-        # DEL of 400,000 keys runs in one go, every other client waiting).
+        # A copied key is bytes already: no copy more, no call per key.
         pop = self.data.pop
         deleted = 0
         for key in args[1:]:
-            if pop(key if type(key) is Copied else key.tobytes(), None) is not None:
+            if pop(key if type(key) is bytes else key.tobytes(), None) is not None:
                 deleted += 1
         return b":%d\r\n" % deleted
 
     def incr(self, args: Sequence[Arg]) -> bytes:
-        key = args[1].tobytes()
+        key = raw(args[1])
         stored = self.data.get(key, b"$1\r\n0\r\n")
         try:
             if isinstance(stored, tuple):  # pieces: far too long for a number
@@ -406,18 +425,46 @@ class Store:
         return b":%d\r\n" % value
 
     def config(self, args: Sequence[Arg]) -> bytes:
-        if args[1].tobytes().upper() != b"GET" or len(args) != 3:
+        if raw(args[1]).upper() != b"GET" or len(args) != 3:
             return b"-ERR only CONFIG GET parameter is supported\r\n"
-        name = args[2].tobytes().lower()
+        name = raw(args[2]).lower()
         value = CONFIG.get(name)
         if value is None:
             return b"*0\r\n"
         return b"*2\r\n" + bulk(name) + bulk(value)
 
 
-#: What waits while the peer does not read its replies: a read's complete
-#: commands, copied, or one command completed across reads, to execute.
-Deferred = memoryview | Callable[[], Reply]
+class Deletion:
+    """A DEL of more than ``DEL_SLICE`` keys, completed across reads (so
+    its keys are copies): deleted a slice at a time, from the end of
+    ``args``, which shrinks as it goes (its keys are freed a slice at a
+    time too). Not atomic: other connections' commands run between slices.
+    """
+
+    def __init__(self, data: dict[bytes, Reply], args: list[Arg]) -> None:
+        self.data = data
+        self.args = args  # the name, then the keys not deleted yet
+        self.deleted = 0
+
+    def step(self) -> bytes | None:
+        """Delete the next slice of keys; the reply once none is left."""
+        args = self.args
+        start = max(1, len(args) - DEL_SLICE)
+        keys = args[start:]
+        del args[start:]
+        data = self.data
+        before = len(data)
+        # Popping bytes keys runs no code of ours, nor anyone's: the keys
+        # found are what the dict lost.
+        deque(map(data.pop, keys, repeat(None)), maxlen=0)
+        self.deleted += before - len(data)
+        return b":%d\r\n" % self.deleted if len(args) == 1 else None
+
+
+#: What waits while the peer does not read its replies (or while a big DEL
+#: runs its slices): a read's complete commands, copied, one command
+#: completed across reads, to execute, or a DEL to run a slice at a time.
+Deferred = memoryview | Callable[[], Reply] | Deletion
 
 
 class RespProtocol(PooledBufferedProtocol):
@@ -455,9 +502,14 @@ class RespProtocol(PooledBufferedProtocol):
         # a buffer (buffers below MAX_INLINE), copied here until its LF.
         self.inline = 0
         self.line: bytearray | None = None
-        # Commands held back while writing is paused, in order.
+        # Commands held back while writing is paused, or behind a DEL that
+        # runs in slices, in order; the callback of drain() due, if any.
         self.deferred: deque[Deferred] = deque()
+        self.draining: asyncio.Handle | None = None
         self.writing_paused = False
+        # Reading paused for the rest of the loop iteration after a read
+        # of many arguments (see unfinished()).
+        self.yielding = False
         self.eof = False  # the peer closed its side with commands deferred
         self.high_water = 65536  # the transport's, from connection_made()
 
@@ -580,14 +632,16 @@ class RespProtocol(PooledBufferedProtocol):
         assert args is not None
         nargs = self.nargs
         end = len(view)
+        had = len(args)
         while len(args) < nargs:
             if pos >= end:
-                return -1  # between two arguments: nothing to keep
+                # Between two arguments: nothing to keep.
+                return self.unfinished(len(args) - had)
             m = BULK(view, pos)
             if m is None:
                 if view[pos] == 0x24 and CUT_HEADER(view, pos):  # "$"
                     self.keep_buffer(pos)
-                    return -1
+                    return self.unfinished(len(args) - had)
                 raise ProtocolError("expected '$' and a length")
             size = int(m[1])
             if size > MAX_BULK:
@@ -607,15 +661,46 @@ class RespProtocol(PooledBufferedProtocol):
                 else:
                     self.gathering = size
                     self.gather(size + 2, start)
-                return -1
+                return self.unfinished(len(args) - had)
             if view[stop - 2] != 13 or view[stop - 1] != 10:
                 raise ProtocolError("bulk string not followed by CRLF")
-            args.append(Copied(view[start : stop - 2]))
+            args.append(view[start : stop - 2].tobytes())
             self.held = held
             pos = stop
         self.args = None
-        self.finish(partial(self.store.execute, args))
+        self.complete(args)
         return pos
+
+    def unfinished(self, parsed: int) -> int:
+        """A read ended in the command after ``parsed`` more of its
+        arguments: if they are many, the connection reads no more in this
+        loop iteration (the next read would be as much work again), the
+        other connections served first. Returns -1, as parse_args() does."""
+        if parsed >= YIELD_ARGS and not self.yielding:
+            self.yielding = True
+            self.pause_reading()
+            asyncio.get_running_loop().call_soon(self.read_on)
+        return -1
+
+    def read_on(self) -> None:
+        """The loop iteration after a read of many arguments: reading goes
+        on, unless it waits for something else (the peer to read its
+        replies, or the commands deferred, which resume it when done)."""
+        self.yielding = False
+        if not (self.writing_paused or self.deferred or self.transport.is_closing()):
+            self.resume_reading()
+
+    def complete(self, args: list[Arg]) -> None:
+        """An array command completed across reads: executed, or deferred
+        behind what waits. A DEL of more than ``DEL_SLICE`` keys runs a
+        slice per loop iteration, the connection's next commands deferred
+        behind it (and its reading paused: at most a read waits)."""
+        if len(args) > DEL_SLICE + 1 and raw(args[0]).upper() == b"DEL":
+            self.deferred.append(Deletion(self.store.data, args))
+            self.pause_reading()
+            self.drain_soon()
+        else:
+            self.finish(partial(self.store.execute, args))
 
     def frame_received(self, chain: BufferChain) -> None:
         """The argument being gathered, whole: a SET's value is stored as
@@ -629,13 +714,15 @@ class RespProtocol(PooledBufferedProtocol):
             views = chain.views()
             if not ends_in_crlf(views):
                 raise ProtocolError("bulk string not followed by CRLF")
-            name = args[0].tobytes().upper()
+            name = raw(args[0]).upper()
             if len(args) == 2 and self.nargs == 3 and name == b"SET":
                 pieces = (b"$%d\r\n" % size, *[v.tobytes() for v in views])
                 self.args = None
-                self.finish(partial(self.store.set_pieces, args[1].tobytes(), pieces))
+                self.finish(partial(self.store.set_pieces, raw(args[1]), pieces))
                 return
-            args.append(Copied(memoryview(chain.tobytes())[:-2]))
+            # One copy: a slice of a bytes' memoryview (read-only, so it
+            # hashes and compares as the bytes do, a key of a DEL too).
+            args.append(memoryview(chain.tobytes())[:-2])
         except ProtocolError as exc:
             self.fail(exc)
             return
@@ -644,7 +731,7 @@ class RespProtocol(PooledBufferedProtocol):
         self.held += size + ARG_OVERHEAD
         if len(args) == self.nargs:
             self.args = None
-            self.finish(partial(self.store.execute, args))
+            self.complete(args)
 
     def cut_inline(self, view: memoryview, pos: int) -> None:
         """An inline command without its LF yet, from ``pos`` to the end."""
@@ -719,6 +806,9 @@ class RespProtocol(PooledBufferedProtocol):
         self.inline = 0
         self.line = None
         self.deferred.clear()
+        if self.draining is not None:
+            self.draining.cancel()
+            self.draining = None
 
     # -- writing: a client that does not read its replies -------------------
 
@@ -730,20 +820,34 @@ class RespProtocol(PooledBufferedProtocol):
         self.pause_reading()
 
     def resume_writing(self) -> None:
-        """Execute what waits, until writing pauses again; then read on."""
         self.writing_paused = False
+        self.drain()
+
+    def drain(self) -> None:
+        """Execute what waits, in order, until writing pauses again or a
+        DEL in slices has run one (the next, an iteration later); once
+        nothing waits, read on (or close, if the peer has)."""
         deferred = self.deferred
         transport = self.transport
         while deferred and not self.writing_paused:
             if transport.is_closing():
                 deferred.clear()
                 return
-            item = deferred.popleft()
+            item = deferred[0]
             if type(item) is memoryview:
+                deferred.popleft()
                 pos = self.run(item, 0)  # complete commands: never cut
                 if 0 <= pos < len(item):
                     deferred.appendleft(item[pos:])
+            elif type(item) is Deletion:
+                reply = item.step()
+                if reply is None:
+                    self.drain_soon()
+                    return
+                deferred.popleft()
+                self.send(reply)
             else:
+                deferred.popleft()
                 self.send(item())
         if deferred or self.writing_paused or transport.is_closing():
             return
@@ -751,6 +855,16 @@ class RespProtocol(PooledBufferedProtocol):
             transport.close()
         else:
             self.resume_reading()
+
+    def drain_soon(self) -> None:
+        """drain() in the next loop iteration (once, however often asked)."""
+        if self.draining is None:
+            loop = asyncio.get_running_loop()
+            self.draining = loop.call_soon(self.drain_now)
+
+    def drain_now(self) -> None:
+        self.draining = None
+        self.drain()
 
     def eof_received(self) -> bool | None:
         super().eof_received()

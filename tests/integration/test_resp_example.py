@@ -581,3 +581,154 @@ def test_a_peer_that_reads_slowly_gets_the_same_replies(
         return bytes(transport.out)
 
     assert asyncio.run(slowly()) == expected
+
+
+# -- a command of many arguments: the other connections are served meanwhile --
+
+
+async def read_as_a_loop_does(
+    protocol: Any, transport: SlowTransport, data: bytes
+) -> int:
+    """``data`` read by ``protocol`` as a transport reads: a buffer at a
+    time, one read per loop iteration, none while reading is paused; the
+    loop iterations it took."""
+    start = 0
+    for turn in range(100_000):
+        if start == len(data) or transport.closed:
+            return turn
+        if transport.reading:
+            room = protocol.get_buffer(-1)
+            n = min(len(room), len(data) - start)
+            room[:n] = data[start : start + n]
+            protocol.buffer_updated(n)
+            start += n
+        await asyncio.sleep(0)
+    raise AssertionError("reading never resumed")
+
+
+async def turns_until(condition: Any, limit: int = 1000) -> int:
+    """Loop iterations until ``condition()`` holds (at most ``limit``)."""
+    for turn in range(limit):
+        if condition():
+            return turn
+        await asyncio.sleep(0)
+    raise AssertionError("never")
+
+
+def test_a_read_of_many_arguments_ends_the_connections_reading_for_the_iteration() -> (
+    None
+):
+    async def main() -> None:
+        arena = buffer_arena(64 << 20, trim_after=None)
+        protocol = resp.RespProtocol(
+            arena, resp.Store(), set(), buffer_size=65536, max_held=64 << 20
+        )
+        transport = SlowTransport(protocol)
+        protocol.connection_made(transport)
+        keys = [b"k%d" % i for i in range(20_000)]  # 200 KB: four reads
+        command = encode([b"DEL", *keys])
+        # A read that ends in a command after a few of its arguments reads on.
+        feed(protocol, transport, encode([b"SET", b"k1", b"v"]) + command[:1000])
+        assert transport.reading
+        # One that parsed thousands of them (a 64 KiB read) waits an iteration.
+        feed(protocol, transport, command[1000:60000])
+        assert not transport.reading
+        await asyncio.sleep(0)
+        assert transport.reading
+        feed(protocol, transport, command[60000:120000])
+        assert not transport.reading
+        # A read that comes all the same (a transport may read once more
+        # after a pause: uvloop does) is held, then delivered, not lost.
+        feed(protocol, transport, command[120000:121000])
+        await turns_until(lambda: transport.reading)
+        turns = await read_as_a_loop_does(protocol, transport, command[121000:])
+        assert turns >= 2
+        await turns_until(lambda: transport.out == b"+OK\r\n:1\r\n")
+        assert transport.reading
+        protocol.connection_lost(None)
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())
+
+
+def test_a_del_of_many_keys_runs_in_slices_and_the_replies_keep_their_order() -> None:
+    slices = 3
+    nkeys = slices * resp.DEL_SLICE + 5
+
+    async def main() -> None:
+        arena = buffer_arena(256 << 20, trim_after=None)
+        store = resp.Store()
+        keys = [b"k%d" % i for i in range(nkeys)]
+        for key in keys[::2]:
+            store.data[key] = resp.bulk(b"v")
+        store.data[b"other"] = resp.bulk(b"o")
+        deleting = resp.RespProtocol(
+            arena, store, set(), buffer_size=65536, max_held=64 << 20
+        )
+        mine = SlowTransport(deleting)
+        deleting.connection_made(mine)
+        other = resp.RespProtocol(
+            arena, store, set(), buffer_size=65536, max_held=64 << 20
+        )
+        theirs = SlowTransport(other)
+        other.connection_made(theirs)
+        # The DEL of a key twice, then commands of the same connection
+        # after it, in the same read as its end.
+        stream = encode([b"DEL", *keys, keys[0]])
+        stream += encode([b"SET", keys[0], b"new"]) + encode([b"GET", keys[0]])
+        await read_as_a_loop_does(deleting, mine, stream)
+        # The DEL is whole: its slices run one per loop iteration, and the
+        # other connection is answered in between.
+        assert mine.out == b""
+        assert not mine.reading  # what comes next waits in the socket
+        feed(other, theirs, encode([b"PING"]) + encode([b"GET", b"other"]))
+        assert theirs.out == b"+PONG\r\n$1\r\no\r\n"
+        turns = await turns_until(lambda: bool(mine.out))
+        assert turns >= slices
+        deleted = len(keys[::2])
+        assert mine.out == b":%d\r\n+OK\r\n$3\r\nnew\r\n" % deleted
+        assert mine.reading
+        assert set(store.data) == {b"other", keys[0]}
+        for protocol in (deleting, other):
+            protocol.connection_lost(None)
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())
+
+
+def test_a_del_in_slices_is_answered_before_the_close_or_dropped_if_lost() -> None:
+    nkeys = 2 * resp.DEL_SLICE + 1
+    command = encode([b"DEL", *(b"k%d" % i for i in range(nkeys))])
+
+    async def main() -> None:
+        arena = buffer_arena(256 << 20, trim_after=None)
+        # The peer sends the DEL and closes its side: answered, then closed.
+        protocol = resp.RespProtocol(
+            arena, resp.Store(), set(), buffer_size=65536, max_held=64 << 20
+        )
+        transport = SlowTransport(protocol)
+        protocol.connection_made(transport)
+        await read_as_a_loop_does(protocol, transport, command)
+        assert protocol.eof_received() is True
+        await turns_until(lambda: transport.closed)
+        assert transport.out == b":0\r\n"
+        protocol.connection_lost(None)
+        # The connection is lost while the slices run: nothing more is
+        # written, and every buffer is back.
+        protocol = resp.RespProtocol(
+            arena, resp.Store(), set(), buffer_size=65536, max_held=64 << 20
+        )
+        transport = SlowTransport(protocol)
+        protocol.connection_made(transport)
+        await read_as_a_loop_does(protocol, transport, command + encode([b"PING"]))
+        transport.closed = True
+        protocol.connection_lost(None)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert transport.out == b""
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())
