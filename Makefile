@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
 
-.PHONY: demo test lint bench bench-quick bench-servers docs all-pythons dist clean
+.PHONY: demo test test-pure lint bench bench-quick bench-servers docs all-pythons dist clean
 
 $(VENV_STAMP):
 	@echo "Setting up $(VENV) with $(PYTHON), and a current pip in it (editable installs from pyproject.toml need pip 21.3+)"
@@ -17,14 +17,18 @@ $(VENV_STAMP):
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@touch $@
 
-$(DEMO_STAMP): pyproject.toml | $(VENV_STAMP)
-	@echo "Installing the package into $(VENV), editable and without extras: all that examples/demo.py imports"
+# The compiled build's sources: an install (editable) compiles them anew
+# whenever one changes, so that the extension modules are never stale.
+COMPILED := setup.py $(wildcard aiomempool/*.pxd) $(patsubst %.pxd,%.py,$(wildcard aiomempool/*.pxd))
+
+$(DEMO_STAMP): pyproject.toml $(COMPILED) | $(VENV_STAMP)
+	@echo "Installing the package into $(VENV), editable and without extras: all that examples/demo.py imports (its hot modules compiled where a C compiler exists)"
 	@$(BIN)/python -m pip install --quiet -e .
 	@touch $@
 
 # The package with the dev extra holds the demo's set-up too.
-$(STAMP): pyproject.toml | $(VENV_STAMP)
-	@echo "Installing the package with its dev extra into $(VENV) (pytest, hypothesis, anyio, uvloop, mypy, ruff, nox, build): the tools of test, lint, dist and all-pythons"
+$(STAMP): pyproject.toml $(COMPILED) | $(VENV_STAMP)
+	@echo "Installing the package with its dev extra into $(VENV) (pytest, hypothesis, anyio, uvloop, mypy, ruff, nox, build), its hot modules compiled where a C compiler exists: the tools of test, lint, dist and all-pythons"
 	@$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(DEMO_STAMP)
 
@@ -66,6 +70,11 @@ test: $(STAMP)
 	$(call redis_tools,the server tests that need them will be skipped)
 	$(BIN)/python -m pytest
 
+## test-pure: every test on the pure-Python package (AIOMEMPOOL_NO_EXTENSIONS=1)
+test-pure: $(STAMP)
+	$(call redis_tools,the server tests that need them will be skipped)
+	AIOMEMPOOL_NO_EXTENSIONS=1 $(BIN)/python -m pytest
+
 ## lint: ruff, mypy --strict and the import layers
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -73,13 +82,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-## bench: every benchmark on asyncio and uvloop; updates docs/assets/benchmarks
+## bench: every benchmark on asyncio and uvloop, on the compiled build then
+## the pure one, side by side; updates docs/assets/benchmarks
 bench: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.builds
 
 ## bench-quick: a smoke run of the benchmarks; writes nothing into docs/
 bench-quick: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks --quick
+	$(BIN)/python -m benchmarks.builds --quick
 
 ## bench-servers: the example servers under redis-benchmark, beside a streams
 ## server and redis-server; updates docs/assets/benchmarks/servers.md and
@@ -109,4 +119,4 @@ dist: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .nox .pytest_cache .mypy_cache .ruff_cache .hypothesis site \
-		dist build aiomempool.egg-info
+		dist build aiomempool.egg-info aiomempool/*.so

@@ -1,5 +1,6 @@
-"""Check what `make dist` built: the wheel holds the package alone, the sdist
-everything it takes to test, benchmark and document it.
+"""Check what `make dist` built: the wheel holds the package alone (its
+compiled modules beside the .py files), the sdist everything it takes to
+build, test, benchmark and document it.
 
     python .ci/check_dist.py dist/
 
@@ -10,6 +11,8 @@ missing or extra.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import runpy
 import sys
 import tarfile
 import zipfile
@@ -27,6 +30,7 @@ SDIST_MUST = [
     "noxfile.py",
     "mkdocs.yml",
     "pyproject.toml",
+    "setup.py",
     "PKG-INFO",
     "aiomempool",
     "tests",
@@ -36,13 +40,22 @@ SDIST_MUST = [
 ]
 
 
+#: The modules the compiled build makes extension modules: the wheel, built
+#: where a C compiler exists, holds one for each beside its .py file.
+MODULES = runpy.run_path(str(ROOT / "aiomempool" / "_extensions.py"))["MODULES"]
+#: What a build leaves in the tree that no distribution carries.
+BUILT = (".so", ".pyd", ".c")
+
+
 def tracked(folder: str) -> set[str]:
     """The files under ``folder`` of the tree, as the sdist names them."""
     base = ROOT / folder
     return {
         str(path.relative_to(ROOT))
         for path in base.rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts
+        if path.is_file()
+        and "__pycache__" not in path.parts
+        and not path.name.endswith(BUILT)
     }
 
 
@@ -60,6 +73,8 @@ def check(dist: Path, show: bool) -> list[str]:
     package = {n for n in wheel_files if ".dist-info/" not in n}
     expected = {f"aiomempool/{p.name}" for p in (ROOT / "aiomempool").glob("*.py")}
     expected.add("aiomempool/py.typed")
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    expected |= {f"aiomempool/{name}{suffix}" for name in MODULES}
     if package != expected:
         problems.append(
             f"wheel: missing {sorted(expected - package)}, "
@@ -79,7 +94,7 @@ def check(dist: Path, show: bool) -> list[str]:
         missing = wanted - sdist_files
         if missing:
             problems.append(f"sdist: missing {sorted(missing)}")
-    stray = [n for n in sdist_files if n.endswith((".pyc", ".pyo"))]
+    stray = [n for n in sdist_files if n.endswith((".pyc", ".pyo", *BUILT))]
     if stray:
         problems.append(f"sdist: compiled files {stray}")
 

@@ -2,8 +2,15 @@
 
 A ``Mempool`` keeps a reserve of ``min_nr`` preallocated elements so that
 work can always make progress when the backing allocator fails.
+
+``aiomempool.compiled`` is True when the compiled build of the hot modules
+is in use, False for the pure-Python package (``AIOMEMPOOL_NO_EXTENSIONS=1``
+forces it); both behave the same.
 """
 
+# First: with AIOMEMPOOL_NO_EXTENSIONS set, it makes the imports below take
+# the pure-Python modules.
+from . import _extensions  # isort: skip
 from .arena import BufferArena, buffer_arena, default_classes
 from .chain import BufferChain
 from .errors import (
@@ -31,6 +38,10 @@ from .stats import (
     SlabStats,
 )
 from .writer import PooledWriter
+
+compiled: bool = _extensions.compiled()
+"""True if the compiled build of the hot modules is in use, False for the
+pure-Python package (see the installation guide)."""
 
 __all__ = [
     "GFP",
@@ -61,6 +72,7 @@ __all__ = [
     "SlabStats",
     "buffer_arena",
     "buffer_pool",
+    "compiled",
     "default_classes",
     "kmalloc_pool",
     "named_pools",

@@ -39,9 +39,19 @@ from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
 from types import TracebackType
-from typing import Any, Generic, Literal, Protocol, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
 
 from ._checks import check_nr, check_timeout, debug_enabled, running_loop, short_repr
+from ._native import Native
 from ._ratelimit import RateLimitedWarning
 from ._waitqueue import CLOSED, TIMEDOUT, Fresh, WaitQueue
 from .debug import PoolDebug
@@ -62,6 +72,11 @@ from .gfp import (
 )
 from .gfp import _Mask as Mask
 from .stats import WAIT_BUCKETS, MempoolStats, Outstanding
+
+if TYPE_CHECKING:
+    from typing import Generic as _Generic
+else:  # a base an extension type can take: see _generic.py
+    from ._generic import Generic as _Generic
 
 __all__ = ["ElementContext", "Mempool", "named_pools"]
 
@@ -116,7 +131,7 @@ def _weakly(method: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
-class Mempool(Generic[T]):
+class Mempool(Native, _Generic[T]):
     """A reserve of ``min_nr`` elements in front of a backing allocator.
 
     ``alloc_fn(gfp_mask, pool_data)`` makes an element, or returns ``None``

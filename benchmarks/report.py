@@ -18,6 +18,12 @@ from benchmarks.results import (
     Target,
 )
 
+#: What each build of aiomempool is, for the header.
+BUILDS = {
+    "compiled": "its hot modules compiled by Cython",
+    "pure": "pure Python; AIOMEMPOOL_NO_EXTENSIONS=1 or no extension built",
+}
+
 
 def num(value: float) -> str:
     """A figure with the digits that matter."""
@@ -46,6 +52,8 @@ def print_header(run: Run) -> None:
     print(f"aiomempool benchmarks ({run.mode}: medians of {cfg.repeats} repeats)")
     print(f"python:   {m['python']}")
     print(f"machine:  {m['platform']}, {m['cpu']}, {m['cpu_count']} CPUs")
+    build = m.get("build", "pure")  # results of runs before builds were told
+    print(f"build:    aiomempool {build} ({BUILDS[build]})")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in run.versions.items()))
 
 

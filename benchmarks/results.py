@@ -6,11 +6,11 @@ import datetime
 import os
 import platform
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.cases import AIOMEMPOOL, FLOOR, kib
+from benchmarks.cases import AIOMEMPOOL, FLOOR, buffer_group_key, kib
 from benchmarks.harness import Config, Handoff
 
 # The labels the targets and the summary look rows up by.
@@ -18,6 +18,7 @@ FLOOR_LABEL = "list pop() + append() (the floor)"
 NOWAIT_LABEL = "aiomempool alloc_nowait() + free()"
 QUEUE_LABEL = "asyncio.Queue await get() + put_nowait()"
 ALLOC_LABEL = "aiomempool await alloc() + free()"
+RESERVE_LABEL = "aiomempool await alloc() + free(), from the reserve"
 ELEMENT_LABEL = "aiomempool async with element()"
 MEMPOOL = "aiomempool Mempool"
 QUEUE = "asyncio.Queue"
@@ -139,11 +140,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def targets(
-    loop: LoopResult, buffer_sizes: tuple[int, ...], spread_keys: Iterable[str] = ()
+    loop: LoopResult,
+    buffer_sizes: tuple[int, ...],
+    spread_keys: Iterable[str] = (),
+    compiled: bool = False,
 ) -> list[Target]:
     """The speed targets of the core, buffers and arena issues, on one loop
     (the arena's on each group of ``spread_keys``, its line naming the
-    spread)."""
+    spread), then the compiled fast path's: those of the build measured
+    (``compiled``)."""
 
     def uncontended(group: str, ours: str, theirs: str) -> float | None:
         g = loop.group(group)
@@ -232,7 +237,72 @@ def targets(
                 False,
             ),
         ]
+    specs += _build_specs(uncontended, contended, compiled)
     return [Target(loop.name, *spec) for spec in specs]
+
+
+def _build_specs(
+    uncontended: Callable[[str, str, str], float | None],
+    contended: Callable[[str, str], float | None],
+    compiled: bool,
+) -> list[tuple[str, float | None, float, bool]]:
+    """The compiled fast path issue's targets for the build measured: the
+    compiled build's bounds, or the pure build's bound on element()."""
+    element = uncontended("await", ELEMENT_LABEL, QUEUE_LABEL)
+    if not compiled:
+        return [("pure: async with element() / asyncio.Queue", element, 1.0, False)]
+    big, small = buffer_group_key(65536), buffer_group_key(4096)
+    return [
+        (
+            "compiled: alloc_nowait() + free() / list pop() + append()",
+            uncontended("sync", NOWAIT_LABEL, FLOOR_LABEL),
+            4.0,
+            False,
+        ),
+        (
+            "compiled: await alloc() + free() / asyncio.Queue",
+            uncontended("await", ALLOC_LABEL, QUEUE_LABEL),
+            0.45,
+            False,
+        ),
+        (
+            "compiled: await alloc() from the reserve / asyncio.Queue",
+            uncontended("await", RESERVE_LABEL, QUEUE_LABEL),
+            0.8,
+            False,
+        ),
+        (
+            "compiled: buffer_pool alloc_nowait() + free() / bytearray(65536)",
+            uncontended(big, buffer_nowait_label(65536), bytearray_label(65536)),
+            1 / 12,
+            False,
+        ),
+        (
+            "compiled: buffer_pool await alloc() + free() / Queue of 64 KiB",
+            uncontended(big, buffer_alloc_label(65536), queue_buffer_label(65536)),
+            0.5,
+            False,
+        ),
+        (
+            "compiled: contended throughput / asyncio.Queue",
+            contended("throughput", QUEUE),
+            1.0,
+            True,
+        ),
+        (
+            "compiled: contended max wait / asyncio.Semaphore + list",
+            contended("max_ns", SEMAPHORE),
+            1.2,
+            False,
+        ),
+        ("compiled: async with element() / asyncio.Queue", element, 0.6, False),
+        (
+            "compiled: buffer_pool alloc_nowait() + free() / bytearray(4096)",
+            uncontended(small, buffer_nowait_label(4096), bytearray_label(4096)),
+            1.0,
+            False,
+        ),
+    ]
 
 
 @dataclass(frozen=True)
@@ -344,4 +414,12 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "build": build(),
     }
+
+
+def build() -> str:
+    """Which build of aiomempool is measured: "compiled" or "pure"."""
+    import aiomempool
+
+    return "compiled" if aiomempool.compiled else "pure"

@@ -97,6 +97,7 @@ def groups(libs: list[libraries.Loaded]) -> list[Group]:
                     "asyncio.Condition + list", HAND_ROLLED, handrolled.condition_cycle
                 ),
                 Case(res.ALLOC_LABEL, AIOMEMPOOL, mempools.alloc_cycle),
+                Case(res.RESERVE_LABEL, AIOMEMPOOL, mempools.reserve_cycle),
                 Case(res.ELEMENT_LABEL, AIOMEMPOOL, mempools.element_cycle),
                 *libraries.awaited_cases(libs),
             ],
@@ -307,7 +308,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         report.print_loop(loop, handoff_title)
         run.loops.append(loop)
         run.targets += res.targets(
-            loop, BUFFER_SIZES, [spread.key for spread in arena.SPREADS]
+            loop,
+            BUFFER_SIZES,
+            [spread.key for spread in arena.SPREADS],
+            compiled=run.machine["build"] == "compiled",
         )
         run.closest += res.closest(loop)
     if args.servers:
