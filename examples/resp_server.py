@@ -30,7 +30,12 @@ each). Such a DEL is not atomic. The argument it was cut in is kept
 so an idle or trickling client holds what it sent, not a receive buffer),
 or, if it does not fit a receive buffer (a big SET value), gathered in
 the arena's buffers (``gather()``) and received whole in
-``frame_received()``. Each connection may hold ``max_held`` bytes for an
+``frame_received()``, through a server-wide ``Gate``: the frames gathered
+at once declare a quarter of the budget at most, the others wait in line
+with the one buffer their frame began in, so that 2,000 clients sending
+a 1 MiB value each at once are all answered (their first buffers alone
+would hold half the budget, and 2,000 frames begun would hold it all,
+none able to end). Each connection may hold ``max_held`` bytes for an
 unfinished command (64 MiB, or half the budget if that is less: a
 2.8 MB DEL of 400,000 keys runs): its arguments, copied, count at their
 size plus ``ARG_OVERHEAD`` each, and the argument being received at its
@@ -65,6 +70,7 @@ import asyncio
 import os
 import re
 import signal
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -112,6 +118,12 @@ DEL_SLICE = 32768
 #: be as much work again (uvloop reads up to 32 times in one callback; a
 #: 64 KiB read of one-byte keys holds 9,362 arguments).
 YIELD_ARGS = 1024
+#: The server's big arguments gathered at once: their declared bytes
+#: within a quarter of the budget (see ``Gate``); an admitted one leaves
+#: the gate after GATE_GRACE seconds and a second per GATE_RATE bytes.
+GATE_SHARE = 4
+GATE_GRACE = 0.5
+GATE_RATE = 50e6
 MIB = 1024 * 1024
 
 OK = b"+OK\r\n"
@@ -467,6 +479,91 @@ class Deletion:
 Deferred = memoryview | Callable[[], Reply] | Deletion
 
 
+class Gate:
+    """The big arguments being gathered at once, server-wide: admitted first
+    come, first served while their declared bytes together stay within
+    ``limit`` (one is always admitted if none is being gathered).
+
+    Without it, 2,000 clients sending a 1 MiB value each at once hold the
+    budget with the first buffers of 2,000 frames none of which can finish
+    (each needs 15 more). A connection not admitted holds the buffer its
+    frame began in, its reading paused, until the gate admits it: so the
+    admitted frames find the rest of their buffers in what the budget has
+    left (``limit`` is a quarter of it; 2,000 first buffers of 64 KiB are
+    half of 256 MiB), and each one that ends admits the next.
+
+    A frame admitted longer than ``GATE_GRACE`` seconds plus a second per
+    ``GATE_RATE`` bytes it declared leaves the gate uncounted (it gathers
+    on): a client that stops in the middle of a big value keeps the others
+    out that long, no longer.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0  # the declared bytes of the admitted frames
+        # The admitted frames: their bytes, and when they leave the gate.
+        self.admitted: dict[RespProtocol, tuple[int, float]] = {}
+        self.waiting: deque[tuple[RespProtocol, int]] = deque()
+        self.timer: asyncio.TimerHandle | None = None  # the next expiry
+
+    def admit(self, conn: RespProtocol, nbytes: int) -> bool:
+        """Whether ``conn`` may gather a frame of ``nbytes`` now; if not, it
+        waits in line, and ``conn.admitted()`` is called once it may."""
+        if not self.waiting and (self.taken == 0 or self.taken + nbytes <= self.limit):
+            self.take(conn, nbytes)
+            return True
+        self.waiting.append((conn, nbytes))
+        self.arm()
+        return False
+
+    def take(self, conn: RespProtocol, nbytes: int) -> None:
+        self.taken += nbytes
+        expiry = time.monotonic() + GATE_GRACE + nbytes / GATE_RATE
+        self.admitted[conn] = (nbytes, expiry)
+
+    def release(self, conn: RespProtocol) -> None:
+        """The frame of ``conn`` is over (received, or lost)."""
+        entry = self.admitted.pop(conn, None)
+        if entry is not None:
+            self.taken -= entry[0]
+        else:
+            for waiting in self.waiting:
+                if waiting[0] is conn:
+                    self.waiting.remove(waiting)
+                    break
+        self.admit_next()
+
+    def admit_next(self) -> None:
+        """Admit the waiting frames that fit now, in order."""
+        waiting = self.waiting
+        while waiting:
+            conn, nbytes = waiting[0]
+            if self.taken and self.taken + nbytes > self.limit:
+                self.arm()
+                return
+            waiting.popleft()
+            self.take(conn, nbytes)
+            conn.admitted()
+
+    def arm(self) -> None:
+        """While frames wait, expire the admitted ones when they are due."""
+        if self.timer is None and self.waiting and self.admitted:
+            due = min(expiry for _, expiry in self.admitted.values())
+            delay = max(0.0, due - time.monotonic())
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(delay, self.expire)
+
+    def expire(self) -> None:
+        self.timer = None
+        now = time.monotonic()
+        for conn, (nbytes, expiry) in list(self.admitted.items()):
+            if expiry <= now:
+                del self.admitted[conn]
+                self.taken -= nbytes
+        self.admit_next()
+        self.arm()
+
+
 class RespProtocol(PooledBufferedProtocol):
     """One client connection: parses its commands, writes the replies.
 
@@ -484,10 +581,17 @@ class RespProtocol(PooledBufferedProtocol):
         *,
         buffer_size: int | None = None,
         max_held: int | None = None,
+        gate: Gate | None = None,
     ) -> None:
         super().__init__(pool, buffer_size=buffer_size, max_held=max_held)
         self.store = store
         self.conns = conns
+        # The server's frames gathered at once (None: no bound); whether
+        # this connection's frame is in it (admitted, or waiting in line,
+        # its reading paused).
+        self.gate = gate
+        self.gated = False
+        self.queued = False
         self.lost = asyncio.get_running_loop().create_future()
         # An array command cut by the end of a read: its arguments so far
         # (copied), how many it declares, and what they count for the quota.
@@ -661,6 +765,8 @@ class RespProtocol(PooledBufferedProtocol):
                 else:
                     self.gathering = size
                     self.gather(size + 2, start)
+                    if size + 2 <= self.max_held:  # else refused, closing
+                        self.enter(size + 2)
                 return self.unfinished(len(args) - had)
             if view[stop - 2] != 13 or view[stop - 1] != 10:
                 raise ProtocolError("bulk string not followed by CRLF")
@@ -683,12 +789,46 @@ class RespProtocol(PooledBufferedProtocol):
         return -1
 
     def read_on(self) -> None:
-        """The loop iteration after a read of many arguments: reading goes
-        on, unless it waits for something else (the peer to read its
-        replies, or the commands deferred, which resume it when done)."""
+        """The loop iteration after a read of many arguments: read on."""
         self.yielding = False
-        if not (self.writing_paused or self.deferred or self.transport.is_closing()):
+        self.read_again()
+
+    def read_again(self) -> None:
+        """Resume reading, unless it waits for something else: the peer to
+        read its replies, or the commands deferred, or the gate (each
+        resumes it when done)."""
+        if not (
+            self.writing_paused
+            or self.deferred
+            or self.queued
+            or self.transport.is_closing()
+        ):
             self.resume_reading()
+
+    def enter(self, nbytes: int) -> None:
+        """A frame of ``nbytes`` is being gathered: through the gate, or
+        the connection waits for it, reading paused (its frame holds the
+        one buffer it began in)."""
+        gate = self.gate
+        if gate is None:
+            return
+        self.gated = True
+        if not gate.admit(self, nbytes):
+            self.queued = True
+            self.pause_reading()
+
+    def admitted(self) -> None:
+        """The gate lets the waiting frame in: read on."""
+        self.queued = False
+        self.read_again()
+
+    def leave(self) -> None:
+        """The frame is over (received, or lost): out of the gate."""
+        if self.gated:
+            assert self.gate is not None
+            self.gated = False
+            self.queued = False
+            self.gate.release(self)
 
     def complete(self, args: list[Arg]) -> None:
         """An array command completed across reads: executed, or deferred
@@ -706,6 +846,7 @@ class RespProtocol(PooledBufferedProtocol):
         """The argument being gathered, whole: a SET's value is stored as
         its pieces; any other argument is copied, and the command goes on."""
         size, self.gathering = self.gathering, -1
+        self.leave()
         args = self.args
         if args is None or self.transport.is_closing():
             chain.free()
@@ -854,7 +995,7 @@ class RespProtocol(PooledBufferedProtocol):
         if self.eof:
             transport.close()
         else:
-            self.resume_reading()
+            self.read_again()
 
     def drain_soon(self) -> None:
         """drain() in the next loop iteration (once, however often asked)."""
@@ -876,6 +1017,7 @@ class RespProtocol(PooledBufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # gives the buffers back
         self.reset()
+        self.leave()
         self.conns.discard(self)
         if not self.lost.done():
             self.lost.set_result(None)
@@ -952,6 +1094,7 @@ async def serve(args: argparse.Namespace, plan: Plan) -> None:
     loop = asyncio.get_running_loop()
     arena = plan.arena()
     store = Store()
+    gate = Gate(plan.max_bytes // GATE_SHARE)
     conns: set[RespProtocol] = set()
     try:
         try:  # the port may be taken, the host not ours...
@@ -962,6 +1105,7 @@ async def serve(args: argparse.Namespace, plan: Plan) -> None:
                     conns,
                     buffer_size=plan.buffer_size,
                     max_held=plan.max_held,
+                    gate=gate,
                 ),
                 args.host,
                 args.port,

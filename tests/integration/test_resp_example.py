@@ -732,3 +732,92 @@ def test_a_del_in_slices_is_answered_before_the_close_or_dropped_if_lost() -> No
         arena.close()
 
     asyncio.run(main())
+
+
+# -- big values at once: the gate ---------------------------------------------
+
+
+def gated(
+    arena: BufferArena, store: Any, gate: Any, count: int
+) -> list[tuple[Any, SlowTransport]]:
+    """``count`` connections of ``store`` behind ``gate``."""
+    conns = []
+    for _ in range(count):
+        protocol = resp.RespProtocol(
+            arena, store, set(), buffer_size=65536, max_held=1 << 20, gate=gate
+        )
+        transport = SlowTransport(protocol)
+        protocol.connection_made(transport)
+        conns.append((protocol, transport))
+    return conns
+
+
+def test_big_values_at_once_are_gathered_in_turn_through_the_gate() -> None:
+    size = 300_000  # five buffers each; the gate holds one such frame
+
+    async def main() -> None:
+        arena = buffer_arena(16 << 20, trim_after=None)
+        store = resp.Store()
+        gate = resp.Gate(400_000)
+        conns = gated(arena, store, gate, 4)
+        requests = [encode([b"SET", b"k", b"%d" % i * size]) for i in range(4)]
+        for (protocol, transport), request in zip(conns, requests, strict=True):
+            feed(protocol, transport, request[:65536])  # each frame begun
+        # The first is admitted; the others wait in line, reading paused,
+        # each holding the buffer its frame began in.
+        assert [t.reading for _, t in conns] == [True, False, False, False]
+        assert gate.taken == size + 2
+        (p0, t0), (p1, t1), (p2, _), (p3, t3) = conns
+        await read_as_a_loop_does(p0, t0, requests[0][65536:])
+        assert t0.out == b"+OK\r\n"
+        assert [t.reading for _, t in conns] == [True, True, False, False]
+        # One lost while it waits leaves the line: the next end admits the
+        # one behind it.
+        p2.connection_lost(None)
+        await read_as_a_loop_does(p1, t1, requests[1][65536:])
+        assert t1.out == b"+OK\r\n"
+        assert t3.reading
+        await read_as_a_loop_does(p3, t3, requests[3][65536:])
+        feed(p0, t0, encode([b"GET", b"k"]))
+        assert t0.out == b"+OK\r\n" + resp.bulk(b"3" * size)
+        assert gate.taken == 0 and not gate.waiting and not gate.admitted
+        for protocol, _ in conns:
+            protocol.connection_lost(None)
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())
+
+
+def test_a_frame_that_stalls_in_the_gate_lets_the_next_in_after_its_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resp, "GATE_GRACE", 0.05)
+    monkeypatch.setattr(resp, "GATE_RATE", 1e12)
+    size = 300_000
+
+    async def main() -> None:
+        arena = buffer_arena(16 << 20, trim_after=None)
+        gate = resp.Gate(400_000)
+        (p0, t0), (p1, t1) = gated(arena, resp.Store(), gate, 2)
+        requests = [encode([b"SET", b"k%d" % i, b"v" * size]) for i in range(2)]
+        feed(p0, t0, requests[0][:100_000])  # and no more for now
+        feed(p1, t1, requests[1][:65536])
+        assert t0.reading and not t1.reading
+        for _ in range(200):  # 2 s at most
+            if t1.reading:
+                break
+            await asyncio.sleep(0.01)
+        assert t1.reading  # the stalled frame left the gate
+        await read_as_a_loop_does(p1, t1, requests[1][65536:])
+        assert t1.out == b"+OK\r\n"
+        # The stalled one may still end: it gathers on, uncounted.
+        await read_as_a_loop_does(p0, t0, requests[0][100_000:])
+        assert t0.out == b"+OK\r\n"
+        assert gate.taken == 0 and not gate.waiting and not gate.admitted
+        for protocol in (p0, p1):
+            protocol.connection_lost(None)
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())

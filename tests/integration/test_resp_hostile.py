@@ -351,6 +351,58 @@ def test_values_larger_than_a_buffer_come_back_byte_exact(loop: list[str]) -> No
         asyncio.run(use(server))
 
 
+@LOOPS
+def test_many_values_larger_than_a_buffer_at_once_are_all_stored(
+    loop: list[str],
+) -> None:
+    # 300 clients each send a SET of a 1 MiB value at the same moment, to a
+    # budget of 24 MiB: their first buffers alone are 19 MiB of it, and
+    # each frame needs 15 more to finish. Frames gathered at once are held
+    # to a quarter of the budget, the others waiting with their first
+    # buffer (before, 300 partial frames held the budget and none ended).
+    conns, value, budget = 300, MIB, 24 * MIB
+    request = command(b"SET", b"burst", b"x" * value)
+
+    async def send(port: int, ready: asyncio.Event) -> bytes:
+        loop_ = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(
+                loop_.sock_connect(sock, ("127.0.0.1", port)), TIMEOUT
+            )
+            await ready.wait()
+            await loop_.sock_sendall(sock, request)  # not copied: one bytes
+            reply = b""
+            while b"\r\n" not in reply and (data := await loop_.sock_recv(sock, 64)):
+                reply += data
+            return reply
+        finally:
+            sock.close()
+
+    async def attack(server: Server) -> None:
+        base = server.rss()
+        ready = asyncio.Event()
+        tasks = [asyncio.create_task(send(server.port, ready)) for _ in range(conns)]
+        await asyncio.sleep(0.5)
+        ready.set()
+        replies = await asyncio.wait_for(asyncio.gather(*tasks), 6 * TIMEOUT)
+        assert replies == [b"+OK\r\n"] * conns
+        latency = await ping(server.port)
+        assert latency < 1.0
+        reader, writer = await connect(server.port)
+        writer.write(command(b"GET", b"burst"))
+        assert await read_reply(reader) == b"x" * value
+        await abort(writer)
+        grown = server.rss() - base
+        report(loop, f"{conns} x 1 MiB at once", rss_mib=grown / MIB)
+
+    with resp_server(loop, f"--max-bytes={budget}") as server:
+        asyncio.run(attack(server))
+    # Within the budget and its headroom (a sixteenth of it).
+    assert server.stats["high_water_bytes"] <= budget + budget // 16, server.stats
+
+
 # -- (e) pipelined big GETs, never read ---------------------------------------
 
 
