@@ -21,8 +21,10 @@ example on asyncio and uvloop, the streams baseline, redis-server; see
    ``GET key`` and never read: each would be answered by 380 MiB. Peak RSS
    after a few seconds, and whether a PING is still answered.
 5. **SET bursts of big values**: ``redis-benchmark -t set -c 50 -n 2000``
-   with 64 KiB values and with 1 MiB values (each command a little larger
-   than that, as users send them).
+   with 64 KiB values (each command a little larger than that, as users
+   send them); and 2,000 connections that each send one SET of a 1 MiB
+   value, all at the same moment (2 GiB at once, on one key: the store
+   holds one value), while a PING client measures its worst latency.
 6. **a 400,000-argument DEL** (2.8 MB) sent at once, while a PING client
    measures its worst latency; the server's CPU time for the DEL from
    ``/proc/PID/stat``.
@@ -41,10 +43,13 @@ import csv
 import io
 import os
 import re
+import resource
 import socket
 import statistics
+import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +84,8 @@ class Sizes:
     get_hold: float  # seconds the GETs are left unread
     burst_n: dict[int, int]  # requests per value size
     burst_clients: int
+    at_once_conns: int  # connections of the SETs at once
+    at_once_value: int  # bytes of each one's value
     del_args: int
     del_timeout: float
     ping_n: int  # requests of each well-behaved redis-benchmark run
@@ -94,8 +101,10 @@ FULL = Sizes(
     get_value=128 * KIB,
     get_conns=2,
     get_hold=5.0,
-    burst_n={64 * KIB: 2000, MIB: 2000},
+    burst_n={64 * KIB: 2000},
     burst_clients=50,
+    at_once_conns=2000,
+    at_once_value=MIB,
     del_args=400_000,
     del_timeout=60.0,
     ping_n=100_000,
@@ -110,8 +119,10 @@ QUICK = Sizes(
     get_value=128 * KIB,
     get_conns=2,
     get_hold=2.0,
-    burst_n={64 * KIB: 2000, MIB: 500},
+    burst_n={64 * KIB: 2000},
     burst_clients=50,
+    at_once_conns=500,
+    at_once_value=MIB,
     del_args=400_000,
     del_timeout=30.0,
     ping_n=40_000,
@@ -211,12 +222,14 @@ async def connect(port: int) -> Conn:
     return await asyncio.wait_for(asyncio.open_connection(HOST, port), CONNECT_TIMEOUT)
 
 
-async def raw_connect(port: int, rcvbuf: int) -> socket.socket:
+async def raw_connect(port: int, rcvbuf: int | None = None) -> socket.socket:
     """A non-blocking socket connected to the server, its receive buffer
-    ``rcvbuf`` bytes (set before connecting), for a client that never reads."""
+    ``rcvbuf`` bytes (set before connecting) if given: for a client that
+    never reads, or one that sends from a buffer of its own, uncopied."""
     sock = socket.socket()
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         await asyncio.wait_for(loop.sock_connect(sock, (HOST, port)), CONNECT_TIMEOUT)
@@ -370,6 +383,105 @@ class Pinger:
                 await self._task
         if self._conn is not None:
             self._conn[1].transport.abort()
+
+
+#: The PING client of ``PingerProcess``: "s T" as it sends a PING, "r T"
+#: as its PONG comes (``time.monotonic()``, the same clock in every process
+#: of the machine); it ends when its stdin closes, or the connection.
+PINGER_CHILD = """
+import os, socket, sys, threading, time
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5.0)
+threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
+try:
+    while True:
+        print("s", time.monotonic(), flush=True)
+        sock.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
+        reply = b""
+        while len(reply) < 7:
+            data = sock.recv(7 - len(reply))
+            if not data:
+                sys.exit(0)
+            reply += data
+        print("r", time.monotonic(), flush=True)
+        time.sleep(0.01)
+except OSError:
+    sys.exit(0)
+"""
+
+
+class PingerProcess:
+    """``Pinger``'s measure from a process of its own: for a scenario whose
+    attacking client keeps its own loop busy (its sends on 2,000 sockets
+    take a second of the client's time), so that what is measured is the
+    server's delay, not the client's."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._worst = 0.0
+        self._sent: float | None = None  # the PING without its PONG yet
+        self._mark = 0.0
+        self.replies = 0
+        self.error = ""
+
+    async def start(self, port: int) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            PINGER_CHILD,
+            HOST,
+            str(port),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        self._task = asyncio.create_task(self._read())
+        for _ in range(int(CONNECT_TIMEOUT / 0.01)):
+            if self.replies:
+                return
+            await asyncio.sleep(0.01)
+        self.error = "the PING process got no PONG"
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        while line := await self._proc.stdout.readline():
+            kind, when = line.split()
+            at = float(when)
+            if kind == b"s":
+                self._sent = at
+            elif self._sent is not None:
+                if self._sent >= self._mark:
+                    self._worst = max(self._worst, at - self._sent)
+                self._sent = None
+                self.replies += 1
+        self.error = self.error or "the PING connection ended"
+
+    def mark(self) -> None:
+        self._mark = time.monotonic()
+        self._worst = 0.0
+
+    async def worst(self) -> float:
+        """The longest wait since ``mark()``, a PING unanswered included,
+        once the lines the child wrote meanwhile are read."""
+        await asyncio.sleep(0.05)
+        worst = self._worst
+        if self._sent is not None:
+            worst = max(worst, time.monotonic() - max(self._sent, self._mark))
+        return worst
+
+    async def stop(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), 2.0)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 async def redis_benchmark(
@@ -711,6 +823,100 @@ def set_burst(value: int) -> Callable[[Target, Sizes, Outcome], Awaitable[None]]
     return scenario
 
 
+async def set_at_once(target: Target, sizes: Sizes, out: Outcome) -> None:
+    """``at_once_conns`` connections, opened first, then each sends one SET
+    of an ``at_once_value``-byte value on the same key, all at once, and
+    waits for its reply; a PING client, a process of its own, measures its
+    worst latency meanwhile. The command is one bytes object, sent on every
+    socket without a copy (``sock_sendall()``), so the client holds 1 MiB,
+    not 2 GiB."""
+    value = sizes.at_once_value
+    wanted = sizes.at_once_conns
+    command = b"*3\r\n$3\r\nSET\r\n$9\r\nburst:key\r\n$%d\r\n%s\r\n" % (
+        value,
+        b"x" * value,
+    )
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < wanted + 100:
+        out.note(f"open files limited to {soft:,}: fewer connections")
+        wanted = max(0, soft - 100)
+    loop = asyncio.get_running_loop()
+    limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    socks: list[socket.socket] = []
+    pinger = PingerProcess()
+    ends: Counter[str] = Counter()
+    answered: list[float] = []
+
+    async def one() -> socket.socket:
+        async with limit:
+            return await raw_connect(target.port)
+
+    async def upload(sock: socket.socket, started: float) -> None:
+        try:
+            await loop.sock_sendall(sock, command)
+            reply = b""
+            while b"\r\n" not in reply:
+                data = await loop.sock_recv(sock, 256)
+                if not data:
+                    ends["closed by the server"] += 1
+                    return
+                reply += data
+            if reply.startswith(b"+OK\r\n"):
+                answered.append(time.perf_counter() - started)
+                ends["+OK"] += 1
+            else:
+                line = reply.split(b"\r\n")[0][:60].decode(errors="replace")
+                ends[f"replied {line!r}"] += 1
+        except OSError as exc:
+            ends[type(exc).__name__] += 1
+
+    try:
+        await pinger.start(target.port)
+        results = await asyncio.gather(
+            *(one() for _ in range(wanted)), return_exceptions=True
+        )
+        socks = [r for r in results if isinstance(r, socket.socket)]
+        if len(socks) < wanted:
+            out.note(f"{wanted - len(socks):,} of {wanted:,} connections failed")
+        out.figures["connected"] = len(socks)
+        out.figures["rss_connected"] = target.sampler.sample()
+        await asyncio.sleep(0.2)
+        pinger.mark()
+        started = time.perf_counter()
+        # At 20 MB/s, a slow server still finishes; slower is "timed out".
+        timeout = max(20.0, len(socks) * len(command) / 20e6)
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(upload(sock, started) for sock in socks)), timeout
+            )
+        except asyncio.TimeoutError:
+            ends["no reply"] = len(socks) - sum(ends.values())
+            out.note(f"timed out after {timeout:.0f} s")
+        seconds = time.perf_counter() - started
+        worst = await pinger.worst()
+        out.figures.update(
+            seconds=seconds,
+            ends=dict(ends),
+            ping_worst=worst,
+            first_ok=min(answered, default=None),
+            median_ok=statistics.median(answered) if answered else None,
+            last_ok=max(answered, default=None),
+        )
+        out.client = f"PING worst {ms(worst)}"
+        out.note(
+            f"{len(socks):,} x SET of {mib(value)} at once: "
+            + ", ".join(f"{n:,} {end}" for end, n in ends.most_common())
+            + f" in {seconds:.1f} s ({len(socks) * len(command) / seconds / 1e6:,.0f}"
+            " MB/s)"
+        )
+        if pinger.error:
+            out.note(pinger.error)
+    finally:
+        await pinger.stop()
+        for sock in socks:
+            sock.close()
+
+
 # -- 6: a DEL of many keys ----------------------------------------------------
 
 
@@ -822,9 +1028,9 @@ SCENARIOS = (
     ),
     Scenario(
         "set_1m",
-        lambda s: f"SET -d 1048576 -n {_count(s.burst_n[MIB])} -c {s.burst_clients}",
-        set_burst(MIB),
-        lambda s: 30.0 + s.burst_n[MIB] * MIB / 20e6,
+        lambda s: f"{_count(s.at_once_conns)} x SET of {mib(s.at_once_value)} at once",
+        set_at_once,
+        lambda s: 60.0 + s.at_once_conns * s.at_once_value / 20e6,
     ),
     Scenario(
         "big_del",

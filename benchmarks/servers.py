@@ -1,5 +1,7 @@
 """The server benchmark (run on demand: ``python -m benchmarks --servers``,
-or alone: ``python -m benchmarks.servers [--quick] [--hostile | --no-hostile]``).
+or alone: ``python -m benchmarks.servers [--quick] [--hostile | --no-hostile]
+[--scenario KEY ...] [--server KEY ...]``, the last two picking hostile
+scenarios and servers, writing nothing).
 
 ``redis-benchmark -t ping,set,get -c 50 -q`` drives, each started afresh
 per run on 127.0.0.1:
@@ -62,7 +64,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,16 +416,22 @@ class HostileRow:
     seconds: float | None = None
 
 
-def measure_hostile(quick: bool) -> list[HostileRow]:
-    """Every hostile scenario on every server of ``HOSTILE_SERVERS``, each
-    on a server started for it; a line of progress per run."""
+def measure_hostile(
+    quick: bool,
+    scenarios: Collection[str] = (),
+    on: Collection[str] = HOSTILE_SERVERS,
+) -> list[HostileRow]:
+    """Every hostile scenario (or those of ``scenarios``) on every server of
+    ``on``, each on a server started for it; a line of progress per run."""
     sizes = hostile.QUICK if quick else hostile.FULL
     raise_nofile()
     rows: list[HostileRow] = []
     for scenario in hostile.SCENARIOS:
+        if scenarios and scenario.key not in scenarios:
+            continue
         label = scenario.label(sizes)
         for server in servers():
-            if server.key not in HOSTILE_SERVERS:
+            if server.key not in on:
                 continue
             row = HostileRow(scenario.key, server.key)
             rows.append(row)
@@ -828,9 +836,12 @@ def run(
     out: Path | None = None,
     throughput: bool = True,
     hostile_part: bool = True,
+    scenarios: Collection[str] = (),
+    on: Collection[str] = HOSTILE_SERVERS,
 ) -> dict[str, Any]:
     """Measure, print the tables, return the figures: the throughput runs
-    and the burst, then the hostile scenarios (either may be left out);
+    and the burst, then the hostile scenarios (either may be left out;
+    ``scenarios`` and ``on`` pick some scenarios and servers of them);
     with ``out``, write the tables as Markdown there too (``servers.md``,
     ``hostile.md``)."""
     started_at = time.perf_counter()
@@ -841,6 +852,8 @@ def run(
     argv = ["python", "-m", "benchmarks.servers"]
     argv += ["--hostile"] * (hostile_part and not throughput)
     argv += ["--no-hostile"] * (throughput and not hostile_part)
+    argv += [f"--scenario={key}" for key in scenarios]
+    argv += [f"--server={key}" for key in on if tuple(on) != HOSTILE_SERVERS]
     info["command"] = [*argv, *(["--quick"] * quick)]
     rows: list[Row] = []
     bursts: list[Row] = []
@@ -853,7 +866,7 @@ def run(
     hostile_data = None
     if hostile_part:
         print("\nHostile scenarios:", flush=True)
-        hostile_rows = measure_hostile(quick)
+        hostile_rows = measure_hostile(quick, scenarios, on)
         hostile_lines = hostile_targets(hostile_rows)
         print_hostile(hostile_rows, hostile_lines, quick)
         hostile_data = hostile_json(hostile_rows, hostile_lines, quick)
@@ -925,11 +938,37 @@ def main() -> None:
         help="write the tables there as servers.md and hostile.md (a full run "
         "without it writes into docs/assets/benchmarks; --quick writes nothing)",
     )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=[s.key for s in hostile.SCENARIOS],
+        default=[],
+        help="only this hostile scenario (repeat for more; implies --hostile "
+        "and writes nothing)",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=HOSTILE_SERVERS,
+        default=[],
+        help="the hostile scenarios on this server only (repeat for more; "
+        "writes nothing)",
+    )
     args = parser.parse_args()
     out = args.out
-    if out is None and not args.quick:
+    partial = bool(args.scenario or args.server)
+    if out is None and not args.quick and not partial:
         out = ROOT / "docs" / "assets" / "benchmarks"
-    run(args.quick, out, throughput=not args.hostile, hostile_part=not args.no_hostile)
+    if partial and args.no_hostile:
+        parser.error("--scenario and --server pick hostile scenarios")
+    run(
+        args.quick,
+        out,
+        throughput=not (args.hostile or partial),
+        hostile_part=not args.no_hostile,
+        scenarios=args.scenario,
+        on=args.server or HOSTILE_SERVERS,
+    )
 
 
 if __name__ == "__main__":
