@@ -785,11 +785,16 @@ class RespProtocol(PooledBufferedProtocol):
         if parsed >= YIELD_ARGS and not self.yielding:
             self.yielding = True
             self.pause_reading()
-            asyncio.get_running_loop().call_soon(self.read_on)
+            asyncio.get_running_loop().call_soon(self.yielded)
         return -1
 
+    def yielded(self) -> None:
+        """The loop iteration after a read of many arguments: read on from
+        the next one, so that the loop polls the other connections once
+        without this one (uvloop runs callbacks before it polls)."""
+        asyncio.get_running_loop().call_soon(self.read_on)
+
     def read_on(self) -> None:
-        """The loop iteration after a read of many arguments: read on."""
         self.yielding = False
         self.read_again()
 

@@ -630,8 +630,11 @@ def test_a_read_of_many_arguments_ends_the_connections_reading_for_the_iteration
         # A read that ends in a command after a few of its arguments reads on.
         feed(protocol, transport, encode([b"SET", b"k1", b"v"]) + command[:1000])
         assert transport.reading
-        # One that parsed thousands of them (a 64 KiB read) waits an iteration.
+        # One that parsed thousands of them (a 64 KiB read) waits until the
+        # loop has polled once without it: it reads on two iterations later.
         feed(protocol, transport, command[1000:60000])
+        assert not transport.reading
+        await asyncio.sleep(0)
         assert not transport.reading
         await asyncio.sleep(0)
         assert transport.reading
