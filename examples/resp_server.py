@@ -21,7 +21,8 @@ A command cut by the end of a read is parsed once, never again from its
 start: its arguments so far are copied (they are small; plain bytes, which
 the cyclic garbage collector does not track) and the parse goes on where
 it stopped. A read that parsed ``YIELD_ARGS`` arguments or more of it
-ends the connection's reading for the loop iteration, and a DEL of more
+pauses the connection's reading until the loop has polled the others
+once, and a DEL of more
 than ``DEL_SLICE`` keys deletes that many per iteration, the connection's
 next commands deferred behind it: the other clients are answered in
 between (a 400,000-key DEL is 43 reads and 13 slices, a few milliseconds
@@ -114,9 +115,9 @@ ARG_OVERHEAD = 64
 #: at most (a few milliseconds), the other connections served in between.
 DEL_SLICE = 32768
 #: A read that parsed this many arguments of a command it did not finish
-#: ends the connection's reading for the loop iteration: the next read may
-#: be as much work again (uvloop reads up to 32 times in one callback; a
-#: 64 KiB read of one-byte keys holds 9,362 arguments).
+#: pauses the connection's reading until the loop has polled the others:
+#: the next read may be as much work again (uvloop reads up to 32 times in
+#: one callback; a 64 KiB read of one-byte keys holds 9,362 arguments).
 YIELD_ARGS = 1024
 #: The server's big arguments gathered at once: their declared bytes
 #: within a quarter of the budget (see ``Gate``); an admitted one leaves
