@@ -22,26 +22,26 @@ start: its arguments so far are copied (they are small; plain bytes, which
 the cyclic garbage collector does not track) and the parse goes on where
 it stopped. A read that parsed ``YIELD_ARGS`` arguments or more of it
 pauses the connection's reading until the loop has polled the others
-once, and a DEL of more
-than ``DEL_SLICE`` keys deletes that many per iteration, the connection's
-next commands deferred behind it: the other clients are answered in
-between (a 400,000-key DEL is 43 reads and 13 slices, a few milliseconds
-each). Such a DEL is not atomic. The argument it was cut in is kept
-(``keep_buffer()``, which moves a few bytes into a buffer of their size,
-so an idle or trickling client holds what it sent, not a receive buffer),
-or, if it does not fit a receive buffer (a big SET value), gathered in
-the arena's buffers (``gather()``) and received whole in
-``frame_received()``, through a server-wide ``Gate``: the frames gathered
-at once declare a quarter of the budget at most, the others wait in line
-with the one buffer their frame began in, so that 2,000 clients sending
-a 1 MiB value each at once are all answered (their first buffers alone
-would hold half the budget, and 2,000 frames begun would hold it all,
-none able to end). Each connection may hold ``max_held`` bytes for an
-unfinished command (64 MiB, or half the budget if that is less: a
-2.8 MB DEL of 400,000 keys runs): its arguments, copied, count at their
-size plus ``ARG_OVERHEAD`` each, and the argument being received at its
-declared length, so a command that declares more is answered ``-ERR`` and
-the connection closed before any of it is held.
+once, and a DEL of more than ``DEL_SLICE`` keys deletes that many per
+iteration, the connection's next commands deferred behind it: the other
+clients are answered in between (a 400,000-key DEL is 43 reads and 13
+slices, a few milliseconds each). Such a DEL is not atomic.
+
+The argument a read cuts is kept (``keep_buffer()``, which moves a few
+bytes into a buffer of their size, so an idle or trickling client holds
+what it sent, not a receive buffer), or, if it does not fit a receive
+buffer (a big SET value), gathered in the arena's buffers (``gather()``)
+and received whole in ``frame_received()``, through a server-wide
+``Gate``: the frames gathered at once declare a quarter of the budget at
+most, the others wait in line with the one buffer their frame began in,
+so that 2,000 clients sending a 1 MiB value each at once are all answered
+(their first buffers alone would hold half the budget, and 2,000 frames
+begun would hold it all, none able to end). Each connection may hold
+``max_held`` bytes for an unfinished command (64 MiB, or half the budget
+if that is less: a 2.8 MB DEL of 400,000 keys runs): its arguments,
+copied, count at their size plus ``ARG_OVERHEAD`` each, and the argument
+being received at its declared length, so a command that declares more
+is answered ``-ERR`` and the connection closed before any of it is held.
 
 A value is stored as the reply GET gives: one ``bytes`` if it fit a
 receive buffer, else a tuple of pieces copied out of the buffers it was
