@@ -390,9 +390,9 @@ class Pinger:
 #: of the machine); it ends when its stdin closes, or the connection.
 PINGER_CHILD = """
 import os, socket, sys, threading, time
-sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5.0)
 threading.Thread(target=lambda: (sys.stdin.read(), os._exit(0)), daemon=True).start()
 try:
+    sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5.0)
     while True:
         print("s", time.monotonic(), flush=True)
         sock.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
