@@ -616,7 +616,8 @@ class BufferArena:
         a watched alias when sampled, else the slot or a slice of it."""
         debug = pool._debug
         if debug is not None:
-            return debug.lend(slot, nbytes)
+            lent: memoryview = debug.lend(slot, nbytes)
+            return lent
         if self._samplers is not None:
             self._countdown -= 1
             if self._countdown <= 0:

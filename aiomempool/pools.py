@@ -43,7 +43,7 @@ from __future__ import annotations
 import mmap
 import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._checks import check_nr, short_repr
 from ._leaks import LeakSampler
@@ -52,6 +52,11 @@ from .errors import DoubleFreeError, ForeignElementError
 from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, NOWAIT_NOWARN
 from .mempool import Kernel, Mempool
 from .slab import SlabCache
+
+if TYPE_CHECKING:
+    from typing import Generic as _Generic
+else:  # a base an extension type can take: see _generic.py
+    from ._generic import Generic as _Generic
 
 __all__ = ["TRIM_AFTER", "buffer_pool", "kmalloc_pool", "page_pool", "slab_pool"]
 
@@ -98,7 +103,11 @@ class _Kmalloc:
         return None
 
 
-class TrackedPool(Mempool[T], Generic[T]):
+# The bases name classes, not subscripts: an extension type's bases must be
+# classes (see _native.py), so the type checker sees Mempool[Any] beneath
+# TrackedPool[T], and TrackedPool[Any] beneath SlabPool; the constructors'
+# return types (Mempool[memoryview], Mempool[bytearray]) are their users'.
+class TrackedPool(Mempool, _Generic[T]):  # type: ignore[type-arg]
     """A Mempool on an allocator of this module: it refuses double frees
     and foreign elements. Build one with the functions of this module."""
 
@@ -139,7 +148,7 @@ class TrackedPool(Mempool[T], Generic[T]):
         super()._add_element(element)
 
     def _remove_element(self, to_caller: bool = True) -> T:
-        element = super()._remove_element(to_caller)
+        element: T = super()._remove_element(to_caller)
         self._out.add(id(element))
         return element
 
@@ -212,7 +221,7 @@ class TrackedPool(Mempool[T], Generic[T]):
             self._allocator.close()
 
 
-class SlabPool(TrackedPool[memoryview]):
+class SlabPool(TrackedPool):  # type: ignore[type-arg]
     """A TrackedPool on a ``SlabCache``, specialised (the pool knowing its
     cache): in the steady state its hot paths take from and give back to
     the cache's free list themselves (``alloc_nowait()`` through

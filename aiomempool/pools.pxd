@@ -1,0 +1,18 @@
+# The compiled build's declarations for pools.py (see _extensions.py): the
+# pools of this module extension types deriving from Mempool's, whose
+# fields are the names of their __slots__, each public.
+
+from aiomempool.mempool cimport Mempool
+
+
+cdef class TrackedPool(Mempool):
+    cdef public object _allocator
+    cdef public object _handing
+    cdef public set _out
+    cdef public object _owns_allocator
+
+
+cdef class SlabPool(TrackedPool):
+    cdef public object _sampler
+    cdef public object _slab_free
+    cdef public object _zeros
