@@ -496,7 +496,10 @@ class Gate:
     A frame admitted longer than ``GATE_GRACE`` seconds plus a second per
     ``GATE_RATE`` bytes it declared leaves the gate uncounted (it gathers
     on): a client that stops in the middle of a big value keeps the others
-    out that long, no longer.
+    out that long, no longer. The frames waiting hold a receive buffer
+    each: past three quarters of the budget of them (3,000 frames begun at
+    once, with the defaults), the admitted ones may find too little, and
+    the protocol's ``hold_timeout`` closes connections until they do.
     """
 
     def __init__(self, limit: int) -> None:
