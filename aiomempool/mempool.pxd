@@ -44,3 +44,7 @@ cdef class Mempool(Native):
     cdef public object _wait_sum_s
     cdef public Py_ssize_t _waits
     cdef public object _warn
+
+    # The hot paths: C calls from a subclass's (SlabPool's) own.
+    cpdef object alloc_nowait(self, object gfp_mask=*)
+    cpdef free(self, object element)

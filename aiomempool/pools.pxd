@@ -2,7 +2,10 @@
 # pools of this module extension types deriving from Mempool's, whose
 # fields are the names of their __slots__, each public.
 
+cimport cython
+
 from aiomempool.mempool cimport Mempool
+from aiomempool.slab cimport SlabCache
 
 
 cdef class TrackedPool(Mempool):
@@ -16,3 +19,9 @@ cdef class SlabPool(TrackedPool):
     cdef public object _sampler
     cdef public object _slab_free
     cdef public object _zeros
+
+    # The hot paths, the cache's fields read from C.
+    @cython.locals(cache=SlabCache)
+    cpdef object alloc_nowait(self, object gfp_mask=*)
+    @cython.locals(cache=SlabCache)
+    cpdef free(self, object element)

@@ -18,14 +18,14 @@ cdef class SlabCache:
     cdef public object _alloc_failures
     cdef public object _budget
     cdef public object _busy
-    cdef public object _cap
+    cdef public Py_ssize_t _cap
     cdef public bint _closed
     cdef public object _debug
     cdef public object _free
     cdef public Py_ssize_t _frees
     cdef public object _headroom
     cdef public Py_ssize_t _high_water
-    cdef public object _limit
+    cdef public Py_ssize_t _limit
     cdef public object _mapped
     cdef public object _max_objects
     cdef public object _name
@@ -42,3 +42,7 @@ cdef class SlabCache:
     cdef public object _trim_floor
     cdef public object _trim_timer
     cdef public object _unreclaimable
+
+    # The free list's two moves, C calls from the pools' hot paths.
+    cpdef object _pop_free(self, Py_ssize_t limit, set busy)
+    cpdef _push_free(self, object view, set busy)
