@@ -255,7 +255,7 @@ class BufferArena:
             raise
         if leak_sampling is not None and not debug:
             self._samplers = [
-                LeakSampler(self, pool._allocator, leak_sampling, pool._out)
+                LeakSampler(self, pool._cache, leak_sampling, pool._out)
                 for pool in self._pools
             ]
             self._countdown = self._samplers[0].countdown
@@ -388,14 +388,14 @@ class BufferArena:
             # Debug mode's fresh views and the sampler's aliases are of the
             # bytes asked for.
             lent = pool._debug.lent_sizes() if pool._debug is not None else []
-            lent += pool._allocator._alias_sizes()
+            lent += pool._cache._alias_sizes()
             if lent:
                 short[id(pool)] = short.get(id(pool), 0) + sum(size - n for n in lent)
         classes = []
         in_use = requested = 0
         for size, pool in zip(self._classes, self._pools, strict=True):
             pool_stats = replace(pool.stats(), waiters=waiting.get(id(pool), 0))
-            classes.append(SizeClassStats(size, pool_stats, pool._allocator.stats()))
+            classes.append(SizeClassStats(size, pool_stats, pool._cache.stats()))
             in_use += pool_stats.outstanding * size
             requested += pool_stats.outstanding * size - short.get(id(pool), 0)
         budget = self._budget
@@ -528,7 +528,7 @@ class BufferArena:
             # cache has no object limit: the budget bounds it, at growth.
             free = pool._slab_free
             if free and not pool._gate:
-                cache = pool._allocator
+                cache = pool._cache
                 out = cache._nr_objects - len(free)
                 view = free.pop()
                 pool._out.add(id(view))
@@ -827,7 +827,7 @@ class BufferArena:
         # (the process freed some, a slab was trimmed).
         self._retry_timer = None
         for pool in self._pools:
-            pool._allocator._look_again()
+            pool._cache._look_again()
         self._serve()
         loop = self._loop
         waiting = len(self._line) + len(self._urgent)
@@ -883,7 +883,7 @@ class BufferArena:
                 slot = entry[1]
                 pool._out.remove(id(slot))
                 pool._slab_free.append(slot)
-                pool._allocator._frees += 1
+                pool._cache._frees += 1
                 pool._frees += 1
         elif view is not None:
             self._free_slot(view)
@@ -927,7 +927,7 @@ class BufferArena:
             except ValueError:
                 obj = None
             for pool in self._pools:
-                cache = pool._allocator
+                cache = pool._cache
                 if any(slab.block is obj for slab in cache._slabs.values()):
                     return DoubleFreeError(
                         f"{self!r}: {short_repr(view)} views a buffer of the "
@@ -962,7 +962,7 @@ class BufferArena:
         Slabs holding a class's reserve stay. Never awaits."""
         before = self._budget.used
         for pool in self._pools:
-            pool._allocator.shrink()
+            pool._cache.shrink()
         return before - self._budget.used
 
     def close(self) -> None:

@@ -48,3 +48,11 @@ cdef class Mempool(Native):
     # The hot paths: C calls from a subclass's (SlabPool's) own.
     cpdef object alloc_nowait(self, object gfp_mask=*)
     cpdef free(self, object element)
+
+
+cdef class ElementContext(Native):
+    cdef public object _args
+    cdef public object _element
+    cdef public bint _entered
+    cdef public object _pool
+    cdef public object _timeout

@@ -36,13 +36,12 @@ import asyncio
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from contextlib import suppress
 from types import TracebackType
 from typing import (
     TYPE_CHECKING,
     Any,
-    Generic,
     Literal,
     Protocol,
     TypeVar,
@@ -1171,6 +1170,19 @@ class Mempool(Native, _Generic[T]):
         return ElementContext(self, (gfp_mask,), timeout)
 
 
+class _Done:
+    """An awaitable that is done: awaiting it returns None at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return _NOTHING.__iter__()  # type: ignore[return-value]
+
+
+_NOTHING = ()
+_EXITED = _Done()
+
+
 class _Lender(Protocol[T_co]):
     """What ElementContext needs of its pool (a Mempool, a BufferArena)."""
 
@@ -1179,7 +1191,7 @@ class _Lender(Protocol[T_co]):
     def free(self, element: Any) -> None: ...
 
 
-class ElementContext(Generic[T]):
+class ElementContext(Native, _Generic[T]):
     """What ``Mempool.element()`` returns: an async context manager.
 
     It allocates on entry and frees on exit; it may be entered once.
@@ -1226,12 +1238,15 @@ class ElementContext(Generic[T]):
         self._element = element
         return element
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
+    ) -> Awaitable[None]:
+        # Synchronous, as free() is: what it returns is done already (no
+        # coroutine to make per exit).
         element, self._element = self._element, None
         self._entered = False
         self._pool.free(element)
+        return _EXITED

@@ -2,8 +2,6 @@
 # pools of this module extension types deriving from Mempool's, whose
 # fields are the names of their __slots__, each public.
 
-cimport cython
-
 from aiomempool.mempool cimport Mempool
 from aiomempool.slab cimport SlabCache
 
@@ -16,12 +14,12 @@ cdef class TrackedPool(Mempool):
 
 
 cdef class SlabPool(TrackedPool):
+    cdef public SlabCache _cache
     cdef public object _sampler
     cdef public object _slab_free
     cdef public object _zeros
 
-    # The hot paths, the cache's fields read from C.
-    @cython.locals(cache=SlabCache)
+    # The hot paths: the cache's fields are read from C (through _cache,
+    # typed).
     cpdef object alloc_nowait(self, object gfp_mask=*)
-    @cython.locals(cache=SlabCache)
     cpdef free(self, object element)

@@ -241,10 +241,11 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
       leaves it off.
 
     ``_slab_free`` is the cache's free list itself (the cache never
-    replaces it): one attribute lookup less per use on the hot paths."""
+    replaces it): one attribute lookup less per use on the hot paths.
+    ``_cache`` is the cache, the allocator of TrackedPool's ``_allocator``:
+    the compiled build types it, and reads its fields from C."""
 
-    __slots__ = ("_sampler", "_slab_free", "_zeros")
-    _allocator: SlabCache
+    __slots__ = ("_cache", "_sampler", "_slab_free", "_zeros")
 
     def __init__(
         self,
@@ -261,6 +262,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
             )
         if leak_sampling is not None:
             check_nr("leak_sampling", leak_sampling)
+        self._cache = cache
         self._slab_free = cache._free
         self._zeros = bytes(cache.object_size) if zero_on_free else None
         self._sampler: LeakSampler | None = None
@@ -272,7 +274,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
         # A bounded cache guarantees its max_objects once the others are
         # back (the reserve's count among them); an unbounded one nothing
         # beyond the reserve.
-        limit = self._allocator.max_objects
+        limit = self._cache.max_objects
         return self._min_nr if limit is None else max(self._min_nr, limit)
 
     def _make_debug(
@@ -300,7 +302,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
             # and a call costs a tenth of it. Only the mechanics are copied;
             # the policy (growth, limit, headroom, closing) stays in the
             # cache.
-            cache = self._allocator
+            cache = self._cache
             free = self._slab_free
             out = cache._nr_objects - len(free)
             if free and out < cache._limit:
@@ -332,7 +334,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
             or gfp_mask is ATOMIC_NOWARN
             or gfp_mask is GFP_ATOMIC
         ) and not self._gate:
-            cache = self._allocator
+            cache = self._cache
             view = cache._pop_free(cache._limit, self._out)
             if view is not None:
                 self._allocs += 1
@@ -352,7 +354,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
         """As ``Mempool.free()``; with ``zero_on_free``, the buffer is wiped
         first, so that the next borrower (or waiter) reads zeros. In debug
         mode poisoning wipes it, and it is zeroed when handed out."""
-        cache = self._allocator
+        cache = self._cache
         # In the steady state of both (the pool's reserve full, the cache
         # open: its _limit is 0 once closed), straight back to the cache;
         # a pool that zeroes goes the general way (the wipe costs far more).
