@@ -824,3 +824,85 @@ def test_a_frame_that_stalls_in_the_gate_lets_the_next_in_after_its_grace(
         arena.close()
 
     asyncio.run(main())
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["set", "del", "get", "ping"]),
+            st.lists(st.binary(min_size=1, max_size=3), min_size=1, max_size=12),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    cuts=CUTS,
+    high=st.sampled_from([0, 30, 1 << 20]),
+    gate=st.booleans(),
+)
+def test_dels_in_slices_and_reads_that_yield_give_the_same_replies(
+    ops: list[tuple[str, list[bytes]]], cuts: list[int], high: int, gate: bool
+) -> None:
+    # The same stream as drive() feeds at once, read as a loop reads it,
+    # with slices of two keys, a pause after every read of two arguments
+    # or more, and replies that wait past ``high`` bytes: DELs cut anywhere
+    # and run in slices, the commands behind them deferred, replies the same.
+    stream = b""
+    for op, keys in ops:
+        if op == "set":
+            stream += encode([b"SET", keys[0], b"v" * (len(keys) * 20)])
+        elif op == "get":
+            stream += encode([b"GET", keys[0]])
+        elif op == "del":
+            stream += encode([b"DEL", *keys])
+        else:
+            stream += b"PING\r\n"
+    expected = asyncio.run(drive(stream, cuts)).out
+
+    async def sliced() -> bytes:
+        pool = buffer_arena(1 << 20, classes=(16, BUFFER_SIZE), trim_after=None)
+        protocol = resp.RespProtocol(
+            pool,
+            resp.Store(),
+            set(),
+            buffer_size=BUFFER_SIZE,
+            gate=resp.Gate(100) if gate else None,
+        )
+        transport = SlowTransport(protocol, high)
+        protocol.connection_made(transport)
+
+        async def let_it_read() -> None:
+            for _ in range(10_000):
+                if transport.reading or transport.closed:
+                    return
+                transport.drain()
+                await asyncio.sleep(0)
+            raise AssertionError("reading never resumed")
+
+        bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
+        for start, end in itertools.pairwise(bounds):
+            while start < end and not transport.closed:
+                await let_it_read()
+                room = protocol.get_buffer(-1)
+                n = min(len(room), end - start)
+                room[:n] = stream[start : start + n]
+                protocol.buffer_updated(n)
+                start += n
+        assert protocol.eof_received() in (True, None)
+        for _ in range(10_000):
+            if not protocol.deferred and protocol.draining is None:
+                break
+            transport.drain()
+            await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        await asyncio.sleep(0)
+        assert pool.stats().total.outstanding == 0
+        pool.close()
+        return bytes(transport.out)
+
+    saved = resp.DEL_SLICE, resp.YIELD_ARGS
+    resp.DEL_SLICE, resp.YIELD_ARGS = 2, 2
+    try:
+        assert asyncio.run(sliced()) == expected
+    finally:
+        resp.DEL_SLICE, resp.YIELD_ARGS = saved
