@@ -66,9 +66,21 @@ class OptionalBuildExt(build_ext):
         )
 
 
+#: The oldest CPython the compiled build is for. On 3.10 a compiled
+#: coroutine pending in a task of a closed loop is not finalized when the
+#: task is collected: the element handed to it would never come back.
+OLDEST = (3, 11)
+
+
 def extensions() -> list:
     if _EXTENSIONS["forced_pure"]():
         _say(f"{ENV_VAR} is set: installing the pure-Python package only")
+        return []
+    if sys.version_info < OLDEST:
+        _say(
+            "the compiled build is for CPython 3.11 and later: installing the "
+            "pure-Python package only"
+        )
         return []
     try:
         from Cython.Build import cythonize
