@@ -1225,7 +1225,10 @@ class ElementContext(Native, _Generic[T]):
             )
         self._entered = True
         try:
-            element = await self._pool.alloc(*self._args, timeout=self._timeout)
+            if self._timeout is None:  # no keyword to pass: the common case
+                element = await self._pool.alloc(*self._args)
+            else:
+                element = await self._pool.alloc(*self._args, timeout=self._timeout)
         except BaseException:
             self._entered = False
             raise
