@@ -619,6 +619,9 @@ class RespProtocol(PooledBufferedProtocol):
         # of many arguments (see unfinished()).
         self.yielding = False
         self.eof = False  # the peer closed its side with commands deferred
+        # While view_received() parses on the command a read began in: the
+        # reply of that command once complete (see view_received()).
+        self.first: list[Reply] | None = None
         self.high_water = 65536  # the transport's, from connection_made()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -631,16 +634,26 @@ class RespProtocol(PooledBufferedProtocol):
     def view_received(self, view: memoryview) -> None:
         if self.transport.is_closing():
             return
+        first: list[Reply] = []
         try:
             pos = 0
-            if self.args is not None:
-                pos = self.parse_args(view, 0)
-            elif self.inline or self.line is not None:
-                pos = self.resume_inline(view)
+            if self.args is not None or self.inline or self.line is not None:
+                # The reply of the command this read completes waits in
+                # ``first``, to go out in the read's one write with the
+                # others (with -P 16, most reads end in a command cut).
+                self.first = first
+                try:
+                    if self.args is not None:
+                        pos = self.parse_args(view, 0)
+                    else:
+                        pos = self.resume_inline(view)
+                finally:
+                    self.first = None
             end = len(view)
             while 0 <= pos < end:
                 if not self.deferred and not self.writing_paused:
-                    pos = self.run(view, pos)
+                    pos = self.run(view, pos, first)
+                    first = []
                     if pos < 0 or pos == end:
                         return
                 if self.deferred or self.writing_paused:
@@ -654,17 +667,31 @@ class RespProtocol(PooledBufferedProtocol):
                         return
                 pos = self.cut(view, pos)
         except ProtocolError as exc:
+            for reply in first:
+                self.send(reply)
             self.fail(exc)
+            return
+        for reply in first:  # the read ended with the command it completed
+            self.send(reply)
 
-    def run(self, view: memoryview, pos: int) -> int:
+    def run(self, view: memoryview, pos: int, first: Sequence[Reply] = ()) -> int:
         """Execute the complete commands of ``view`` from ``pos`` and write
-        their replies; return where it stopped: at the first incomplete
-        command, at the end, or where writing paused (``writing_paused``);
-        -1 if the client broke the protocol (the connection is closing)."""
+        their replies, after ``first`` (those of commands completed before
+        ``pos``); return where it stopped: at the first incomplete command,
+        at the end, or where writing paused (``writing_paused``); -1 if the
+        client broke the protocol (the connection is closing)."""
         transport = self.transport
         replies: list[bytes] = []
         pieces = False  # a big value's pieces are among the replies
         out = 0
+        for reply in first:
+            if isinstance(reply, tuple):
+                replies.extend(reply)
+                out += sum(map(len, reply))
+                pieces = True
+            else:
+                replies.append(reply)
+                out += len(reply)
         room = self.high_water - transport.get_write_buffer_size()
         end = len(view)
         execute = self.store.execute
@@ -920,10 +947,13 @@ class RespProtocol(PooledBufferedProtocol):
         return m.end()
 
     def finish(self, command: Callable[[], Reply]) -> None:
-        """Execute a command completed across reads, and write its reply;
-        or defer it behind the commands that wait for the peer to read."""
+        """Execute a command completed across reads, and write its reply
+        (or leave it to view_received(), which writes it with the read's
+        next ones); or defer it behind the commands that wait."""
         if self.deferred or self.writing_paused:
             self.deferred.append(command)
+        elif self.first is not None:
+            self.first.append(command())
         else:
             self.send(command())
 

@@ -906,3 +906,38 @@ def test_dels_in_slices_and_reads_that_yield_give_the_same_replies(
         assert asyncio.run(sliced()) == expected
     finally:
         resp.DEL_SLICE, resp.YIELD_ARGS = saved
+
+
+def test_a_read_that_completes_a_command_answers_it_in_its_one_write() -> None:
+    class Writes(Transport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            self.writes.append(bytes(data))
+            super().write(data)
+
+    async def main() -> None:
+        arena = buffer_arena(16 << 20, trim_after=None)
+        protocol = resp.RespProtocol(arena, resp.Store(), set(), buffer_size=65536)
+        transport = Writes()
+        protocol.connection_made(transport)
+        pipeline = encode([b"SET", b"k", b"v" * 16384]) * 5 + encode([b"GET", b"k"])
+        feed(protocol, transport, pipeline[:40000])  # ends in the third SET
+        feed(protocol, transport, pipeline[40000:] + b"PING\r\n")
+        assert transport.writes == [
+            b"+OK\r\n" * 2,
+            b"+OK\r\n" * 3 + resp.bulk(b"v" * 16384) + b"+PONG\r\n",
+        ]
+        # An inline command completed by a read, and a read that ends there.
+        feed(protocol, transport, b"PI")
+        feed(protocol, transport, b"NG\r\nECHO x\r\n")
+        feed(protocol, transport, encode([b"ECHO", b"y"])[:9])
+        feed(protocol, transport, encode([b"ECHO", b"y"])[9:])
+        assert transport.writes[2:] == [b"+PONG\r\n$1\r\nx\r\n", b"$1\r\ny\r\n"]
+        protocol.connection_lost(None)
+        assert arena.stats().total.outstanding == 0
+        arena.close()
+
+    asyncio.run(main())
