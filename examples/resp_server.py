@@ -76,7 +76,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from itertools import repeat
-from typing import NoReturn
+from typing import NoReturn, cast
 
 from aiomempool import (
     BufferArena,
@@ -155,7 +155,7 @@ def bulk(value: bytes | memoryview) -> bytes:
 def raw(arg: Arg) -> bytes:
     """The bytes of an argument: its slice of the receive buffer copied, or
     the copy made already."""
-    return arg if type(arg) is bytes else arg.tobytes()
+    return arg.tobytes() if isinstance(arg, memoryview) else arg
 
 
 def unbulk(reply: bytes) -> bytes:
@@ -366,10 +366,10 @@ class Store:
         }
 
     # memoryview.tobytes() copies, as bytes() does, in half the time; the
-    # commands on keys and values test for a copy inline (a call costs more).
+    # commands on keys and values test for a slice inline (a call costs more).
     def execute(self, args: Sequence[Arg]) -> Reply:
         name = args[0]
-        if type(name) is not bytes:
+        if isinstance(name, memoryview):
             name = name.tobytes()
         command = self.commands.get(name)  # as clients send them, "GET"
         if command is None:
@@ -400,7 +400,7 @@ class Store:
         if len(args) != 3:
             raise IndexError
         key = args[1]
-        self.data[key if type(key) is bytes else key.tobytes()] = bulk(args[2])
+        self.data[key.tobytes() if isinstance(key, memoryview) else key] = bulk(args[2])
         return OK
 
     def set_pieces(self, key: bytes, pieces: tuple[bytes, ...]) -> bytes:
@@ -410,7 +410,7 @@ class Store:
 
     def get(self, args: Sequence[Arg]) -> Reply:
         key = args[1]
-        return self.data.get(key if type(key) is bytes else key.tobytes(), NIL)
+        return self.data.get(key.tobytes() if isinstance(key, memoryview) else key, NIL)
 
     def delete(self, args: Sequence[Arg]) -> bytes:
         if len(args) < 2:
@@ -419,7 +419,9 @@ class Store:
         pop = self.data.pop
         deleted = 0
         for key in args[1:]:
-            if pop(key if type(key) is bytes else key.tobytes(), None) is not None:
+            if isinstance(key, memoryview):
+                key = key.tobytes()
+            if pop(key, None) is not None:
                 deleted += 1
         return b":%d\r\n" % deleted
 
@@ -467,9 +469,10 @@ class Deletion:
         del args[start:]
         data = self.data
         before = len(data)
-        # Popping bytes keys runs no code of ours, nor anyone's: the keys
-        # found are what the dict lost.
-        deque(map(data.pop, keys, repeat(None)), maxlen=0)
+        # Popping the keys runs no code of ours, nor anyone's: the keys
+        # found are what the dict lost. (A key gathered in buffers is a
+        # read-only memoryview, which hashes and compares as its bytes.)
+        deque(map(data.pop, cast("list[bytes]", keys), repeat(None)), maxlen=0)
         self.deleted += before - len(data)
         return b":%d\r\n" % self.deleted if len(args) == 1 else None
 
@@ -1014,12 +1017,12 @@ class RespProtocol(PooledBufferedProtocol):
                 deferred.clear()
                 return
             item = deferred[0]
-            if type(item) is memoryview:
+            if isinstance(item, memoryview):
                 deferred.popleft()
                 pos = self.run(item, 0)  # complete commands: never cut
                 if 0 <= pos < len(item):
                     deferred.appendleft(item[pos:])
-            elif type(item) is Deletion:
+            elif isinstance(item, Deletion):
                 reply = item.step()
                 if reply is None:
                     self.drain_soon()
