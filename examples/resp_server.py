@@ -120,11 +120,10 @@ DEL_SLICE = 32768
 #: one callback; a 64 KiB read of one-byte keys holds 9,362 arguments).
 YIELD_ARGS = 1024
 #: The server's big arguments gathered at once: their declared bytes
-#: within a quarter of the budget (see ``Gate``); an admitted one leaves
-#: the gate after GATE_GRACE seconds and a second per GATE_RATE bytes.
+#: within a quarter of the budget (see ``Gate``); an admitted one whose
+#: connection reads nothing for GATE_GRACE seconds leaves the gate.
 GATE_SHARE = 4
-GATE_GRACE = 0.5
-GATE_RATE = 50e6
+GATE_GRACE = 1.0
 MIB = 1024 * 1024
 
 OK = b"+OK\r\n"
@@ -496,13 +495,15 @@ class Gate:
     left (``limit`` is a quarter of it; 2,000 first buffers of 64 KiB are
     half of 256 MiB), and each one that ends admits the next.
 
-    A frame admitted longer than ``GATE_GRACE`` seconds plus a second per
-    ``GATE_RATE`` bytes it declared leaves the gate uncounted (it gathers
-    on): a client that stops in the middle of a big value keeps the others
-    out that long, no longer. The frames waiting hold a receive buffer
-    each: past three quarters of the budget of them (3,000 frames begun at
-    once, with the defaults), the admitted ones may find too little, and
-    the protocol's ``hold_timeout`` closes connections until they do.
+    A frame admitted whose connection reads nothing for ``GATE_GRACE``
+    seconds leaves the gate uncounted (it gathers on): a client that stops
+    in the middle of a big value keeps the others out that long, no
+    longer, while one that sends slowly, or a server slowed down, keeps
+    its place as long as bytes come (``progress()``, at every read). The
+    frames waiting hold a receive buffer each: past three quarters of the
+    budget of them (3,000 frames begun at once, with the defaults), the
+    admitted ones may find too little, and the protocol's ``hold_timeout``
+    closes connections until they do.
     """
 
     def __init__(self, limit: int) -> None:
@@ -525,8 +526,13 @@ class Gate:
 
     def take(self, conn: RespProtocol, nbytes: int) -> None:
         self.taken += nbytes
-        expiry = time.monotonic() + GATE_GRACE + nbytes / GATE_RATE
-        self.admitted[conn] = (nbytes, expiry)
+        self.admitted[conn] = (nbytes, time.monotonic() + GATE_GRACE)
+
+    def progress(self, conn: RespProtocol) -> None:
+        """``conn`` read bytes: if admitted, its frame is not stalled."""
+        entry = self.admitted.get(conn)
+        if entry is not None:
+            self.admitted[conn] = (entry[0], time.monotonic() + GATE_GRACE)
 
     def release(self, conn: RespProtocol) -> None:
         """The frame of ``conn`` is over (received, or lost)."""
@@ -855,6 +861,12 @@ class RespProtocol(PooledBufferedProtocol):
         if not gate.admit(self, nbytes):
             self.queued = True
             self.pause_reading()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.gated and not self.queued:
+            assert self.gate is not None
+            self.gate.progress(self)  # an admitted frame that reads is not stalled
+        super().buffer_updated(nbytes)
 
     def admitted(self) -> None:
         """The gate lets the waiting frame in: read on."""
