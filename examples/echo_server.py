@@ -17,6 +17,12 @@ from typing import NoReturn
 
 from aiomempool import Mempool, PooledBufferedProtocol, buffer_pool
 
+#: Connections the kernel queues for accept(): redis-server's default
+#: (tcp-backlog). asyncio's and uvloop's default, 100, overflows when a few
+#: hundred clients connect at once, and the kernel resets the connections
+#: it could not queue before the server ever sees them.
+BACKLOG = 511
+
 
 class Echo(PooledBufferedProtocol):
     """Writes back every byte it receives."""
@@ -93,7 +99,7 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         try:  # the port may be taken, the host not ours...
             server = await loop.create_server(
-                lambda: Echo(pool, conns), args.host, args.port
+                lambda: Echo(pool, conns), args.host, args.port, backlog=BACKLOG
             )
         except OSError as exc:
             raise CannotListen(args.host, args.port, exc) from exc

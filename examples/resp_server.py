@@ -124,6 +124,11 @@ YIELD_ARGS = 1024
 #: connection reads nothing for GATE_GRACE seconds leaves the gate.
 GATE_SHARE = 4
 GATE_GRACE = 1.0
+#: Connections the kernel queues for accept(): redis-server's default
+#: (tcp-backlog). asyncio's and uvloop's default, 100, overflows when a few
+#: hundred clients connect at once, and the kernel resets the connections
+#: it could not queue before the server ever sees them.
+BACKLOG = 511
 MIB = 1024 * 1024
 
 OK = b"+OK\r\n"
@@ -1163,6 +1168,7 @@ async def serve(args: argparse.Namespace, plan: Plan) -> None:
                 ),
                 args.host,
                 args.port,
+                backlog=BACKLOG,
             )
         except OSError as exc:
             raise CannotListen(args.host, args.port, exc) from exc

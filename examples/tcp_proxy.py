@@ -60,6 +60,11 @@ MAX_QUEUED = 8
 SMALL_READ = 1 / 8
 #: Seconds after which wholly free slabs of the pool go back (buffer_pool's).
 TRIM_AFTER = 30.0
+#: Connections the kernel queues for accept(): redis-server's default
+#: (tcp-backlog). asyncio's and uvloop's default, 100, overflows when a few
+#: hundred clients connect at once, and the kernel resets the connections
+#: it could not queue before the server ever sees them.
+BACKLOG = 511
 
 
 class Proxy:
@@ -395,7 +400,9 @@ async def serve(args: argparse.Namespace) -> None:
             return client
 
         try:  # the port may be taken, the host not ours...
-            server = await loop.create_server(accept, args.host, args.port)
+            server = await loop.create_server(
+                accept, args.host, args.port, backlog=BACKLOG
+            )
         except OSError as exc:
             raise CannotListen(args.host, args.port, exc) from exc
         host, port = server.sockets[0].getsockname()[:2]
