@@ -73,7 +73,9 @@ class Fresh:
     __slots__ = ("element",)
 
     def __init__(self, element: object) -> None:
-        self.element = element
+        # Any: the pool's element type, read without a cast (a call,
+        # compiled) on the path of every wait.
+        self.element: Any = element
 
 
 class WaitQueue:
@@ -220,7 +222,8 @@ class WaitQueue:
             return None
         got = fut.result()
         if type(got) is Fresh:
-            return got.element
+            element: object = got.element
+            return element
         return None if isinstance(got, Wake) else got
 
     def close(self) -> None:

@@ -44,3 +44,4 @@ cdef class BufferArena:
     cpdef object alloc_nowait(self, object nbytes, object gfp_mask=*)
     @cython.locals(pool=SlabPool)
     cpdef free(self, object view)
+    cpdef object _first_try(self, object nbytes, object gfp_mask, object timeout)

@@ -74,7 +74,7 @@ from .gfp import (
     decode_mask,
 )
 from .gfp import _Mask as Mask
-from .mempool import ElementContext, Kernel, _Handful, _weakly
+from .mempool import WAIT, ElementContext, Kernel, _Handful, _weakly
 from .pools import TRIM_AFTER, SlabPool
 from .slab import SlabCache
 from .stats import ArenaStats, MempoolStats, Outstanding, SizeClassStats
@@ -482,11 +482,23 @@ class BufferArena:
             PoolClosedError: the arena is closed, or closed while waiting.
             AllocTimeoutError: ``timeout`` seconds passed without a buffer.
         """
+        # Typed by annotation: a cast would be a call, compiled.
+        view: memoryview | None = self._first_try(nbytes, gfp_mask, timeout)
+        if view is not WAIT:
+            return view
+        return await self._alloc_slow(nbytes, gfp_mask, timeout)
+
+    def _first_try(
+        self, nbytes: int, gfp_mask: GFP | int, timeout: float | None
+    ) -> Any:
+        """alloc()'s first step, for ``element()``: in the steady state, a
+        buffer without waiting; else ``WAIT``: ``_alloc_slow()`` goes on
+        (and checks the arguments)."""
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
             view = self.alloc_nowait(nbytes, NOWAIT_NOWARN)
             if view is not None:
                 return view
-        return await self._alloc_slow(nbytes, gfp_mask, timeout)
+        return WAIT
 
     def alloc_nowait(
         self, nbytes: int, gfp_mask: GFP | int = GFP_NOWAIT
@@ -523,23 +535,19 @@ class BufferArena:
             if pool is None:
                 k = self._step(nbytes)  # raises, or a size past the table
                 pool = self._pool_at[k]
-            # SlabPool.alloc_nowait()'s own fast path, inlined (the fields
-            # it touches are listed where SlabCache defines them); a class
-            # cache has no object limit: the budget bounds it, at growth.
-            free = pool._slab_free
-            if free and not pool._gate:
-                cache = pool._cache
-                out = cache._nr_objects - len(free)
-                view = free.pop()
-                pool._out.add(id(view))
-                if out >= cache._high_water:
-                    cache._high_water = out + 1
+            # The class pool's fast path (SlabPool.alloc_nowait()'s) on its
+            # cache: the top free slot, if the pool is in its steady state.
+            cache = pool._cache
+            got = None
+            if not pool._gate:
+                got = cache._pop_free(cache._limit, pool._out)
+            if got is not None:
                 pool._allocs += 1
             else:
                 got = pool.alloc_nowait(gfp_mask)
                 if got is None:
                     return None
-                view = got
+            view = got
             if self._samplers is not None:
                 self._countdown -= 1
                 if self._countdown <= 0:
@@ -878,12 +886,9 @@ class BufferArena:
             if pool._gate or pool._zeros is not None:
                 pool.free(entry[1])
             else:
-                # SlabPool.free()'s fast path, inlined as in alloc_nowait():
-                # the slot is out with its pool, as it was lent.
-                slot = entry[1]
-                pool._out.remove(id(slot))
-                pool._slab_free.append(slot)
-                pool._cache._frees += 1
+                # The class pool's fast path (SlabPool.free()'s): the slot
+                # is out with its pool, as it was lent.
+                pool._cache._push_free(entry[1], pool._out)
                 pool._frees += 1
         elif view is not None:
             self._free_slot(view)

@@ -3,6 +3,8 @@
 # each public (readable and writable from Python, as a slot is). The
 # counters are C integers; the rest keep Python's types.
 
+cimport cython
+
 from aiomempool._native cimport Native
 from aiomempool._waitqueue cimport WaitQueue
 
@@ -45,11 +47,18 @@ cdef class Mempool(Native):
     cdef public Py_ssize_t _waits
     cdef public object _warn
 
-    # The hot paths: C calls from a subclass's (SlabPool's) own.
+    # The hot paths: C calls from a subclass's (SlabPool's) own, and
+    # alloc()'s first step, from alloc() and ElementContext.
     cpdef object alloc_nowait(self, object gfp_mask=*)
     cpdef free(self, object element)
+    cpdef object _first_try(self, object gfp_mask, object timeout)
 
 
+cdef class _Done:
+    pass
+
+
+@cython.freelist(16)
 cdef class ElementContext(Native):
     cdef public object _args
     cdef public object _element

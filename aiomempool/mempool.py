@@ -52,7 +52,7 @@ from typing import (
 from ._checks import check_nr, check_timeout, debug_enabled, running_loop, short_repr
 from ._native import Native
 from ._ratelimit import RateLimitedWarning
-from ._waitqueue import CLOSED, TIMEDOUT, Fresh, WaitQueue
+from ._waitqueue import CLOSED, TIMEDOUT, Fresh, WaitQueue, Wake
 from .debug import PoolDebug
 from .errors import (
     AllocTimeoutError,
@@ -85,6 +85,11 @@ P = TypeVar("P", bound="Mempool[Any]")
 
 #: The mask that waits, as the overloads of alloc() see it.
 Kernel = Literal[GFP.DIRECT_RECLAIM]
+#: What a lender's ``_first_try()`` returns when the caller must wait (its
+#: ``_alloc_slow()`` does): never an element, which is the caller's object.
+#: Typed Any, so that comparing it with an element needs no cast (a call,
+#: compiled).
+WAIT: Any = Wake("wait")
 
 # Every live pool that was given a name, for metrics exporters.
 _named: weakref.WeakSet[Mempool[Any]] = weakref.WeakSet()
@@ -396,6 +401,17 @@ class Mempool(Native, _Generic[T]):
                 ``timeout`` is negative.
             RuntimeError: tasks of another event loop are waiting.
         """
+        # Typed by annotation: a cast would be a call, compiled.
+        element: T | None = self._first_try(gfp_mask, timeout)
+        if element is not WAIT:
+            return element
+        return await self._alloc_slow(gfp_mask, timeout)
+
+    def _first_try(self, gfp_mask: GFP | int, timeout: float | None) -> Any:
+        """alloc() up to its wait: the element; None, if the mask may not
+        wait; or ``WAIT``: the pool was tried, and the caller waits in line
+        (``_alloc_slow()``). Synchronous, so that ``element()`` enters
+        without a second coroutine (a C call in the compiled build)."""
         # The hot path, _take() inlined: the default mask, the steady state
         # (see _regate()). Change together with alloc_nowait()'s and
         # _call_alloc_fn(): the same call of alloc_fn, three times.
@@ -404,33 +420,33 @@ class Mempool(Native, _Generic[T]):
                 element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
             except MemoryError:
                 element = None
-            if element is None:
-                self._alloc_fn_failures += 1
-                element = self._take_reserve(KERNEL_MASK)
-                if element is not None:
-                    return element
-                mask = KERNEL_MASK
-            else:
+            if element is not None:
                 self._allocs += 1
                 return element
-        else:
-            mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
-            if self._closed:
-                raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
-            if timeout is not None:
-                check_timeout(timeout)
-            if not self._line.has_live():
-                element = self._take(mask)
-                if element is not None:
-                    return element if self._debug is None else self._debug.lend(element)
-            if not mask.may_wait:
-                self._failed(mask)
-                return None
-            if timeout is not None and timeout <= 0:
-                raise self._timed_out(mask, timeout)
-        # Wait in line until handed an element: the caller found the reserve
-        # empty, with no await since. Inlined rather than a coroutine of its
-        # own: a contended pool goes through here per call.
+            self._alloc_fn_failures += 1
+            element = self._take_reserve(KERNEL_MASK)
+            return WAIT if element is None else element
+        mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
+        if timeout is not None:
+            check_timeout(timeout)
+        if not self._line.has_live():
+            element = self._take(mask)
+            if element is not None:
+                return element if self._debug is None else self._debug.lend(element)
+        if not mask.may_wait:
+            self._failed(mask)
+            return None
+        if timeout is not None and timeout <= 0:
+            raise self._timed_out(mask, timeout)
+        return WAIT
+
+    async def _alloc_slow(self, gfp_mask: GFP | int, timeout: float | None) -> T:
+        """Wait in line until handed an element: ``_first_try()`` said so
+        (it checked the arguments, and found the reserve empty), with no
+        await since."""
+        mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
         line = self._line
         fut = self._park(mask.full)
         handle = None
@@ -458,8 +474,10 @@ class Mempool(Native, _Generic[T]):
         finally:
             if handle is not None:
                 handle.cancel()
+        # got is Any: no cast (a call, compiled) on the path of every wait.
+        element: T
         if type(got) is Fresh:
-            element = cast(T, got.element)
+            element = got.element
         elif got is TIMEDOUT:
             raise self._timed_out(mask, timeout)
         elif got is CLOSED:
@@ -1176,17 +1194,25 @@ class _Done:
     __slots__ = ()
 
     def __await__(self) -> Generator[None, None, None]:
-        return _NOTHING.__iter__()  # type: ignore[return-value]
+        return _EXHAUSTED  # type: ignore[return-value]
 
 
-_NOTHING = ()
+# An iterator with nothing left: it ends every await of _Done at once (an
+# exhausted iterator stays so; one serves every await).
+_EXHAUSTED = iter(())
 _EXITED = _Done()
 
 
 class _Lender(Protocol[T_co]):
-    """What ElementContext needs of its pool (a Mempool, a BufferArena)."""
+    """What ElementContext needs of its pool (a Mempool, a BufferArena):
+    alloc() in two steps, each called with alloc()'s arguments and its
+    timeout (``_first_try()``: the element, None, or ``WAIT``), and free()."""
 
-    def alloc(self, *args: Any, **kwargs: Any) -> Awaitable[T_co | None]: ...
+    @property
+    def _first_try(self) -> Callable[..., Any]: ...
+
+    @property
+    def _alloc_slow(self) -> Callable[..., Awaitable[T_co | None]]: ...
 
     def free(self, element: Any) -> None: ...
 
@@ -1224,11 +1250,13 @@ class ElementContext(Native, _Generic[T]):
                 "(one element() per async with)"
             )
         self._entered = True
+        pool = self._pool
         try:
-            if self._timeout is None:  # no keyword to pass: the common case
-                element = await self._pool.alloc(*self._args)
-            else:
-                element = await self._pool.alloc(*self._args, timeout=self._timeout)
+            # alloc() in its two steps: the second, a coroutine, only if
+            # the first says the caller must wait.
+            element: T | None = pool._first_try(*self._args, self._timeout)
+            if element is WAIT:
+                element = await pool._alloc_slow(*self._args, self._timeout)
         except BaseException:
             self._entered = False
             raise

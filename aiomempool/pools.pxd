@@ -16,10 +16,10 @@ cdef class TrackedPool(Mempool):
 cdef class SlabPool(TrackedPool):
     cdef public SlabCache _cache
     cdef public object _sampler
-    cdef public object _slab_free
     cdef public object _zeros
 
     # The hot paths: the cache's fields are read from C (through _cache,
     # typed).
     cpdef object alloc_nowait(self, object gfp_mask=*)
     cpdef free(self, object element)
+    cpdef object _first_try(self, object gfp_mask, object timeout)

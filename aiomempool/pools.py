@@ -50,7 +50,7 @@ from ._leaks import LeakSampler
 from .debug import PoolDebug, reserved_twice
 from .errors import DoubleFreeError, ForeignElementError
 from .gfp import ATOMIC_NOWARN, GFP, GFP_ATOMIC, GFP_KERNEL, GFP_NOWAIT, NOWAIT_NOWARN
-from .mempool import Kernel, Mempool
+from .mempool import WAIT, Kernel, Mempool
 from .slab import SlabCache
 
 if TYPE_CHECKING:
@@ -240,12 +240,10 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
       the buffer (see _leaks.py). Debug mode, which tracks every element,
       leaves it off.
 
-    ``_slab_free`` is the cache's free list itself (the cache never
-    replaces it): one attribute lookup less per use on the hot paths.
     ``_cache`` is the cache, the allocator of TrackedPool's ``_allocator``:
     the compiled build types it, and reads its fields from C."""
 
-    __slots__ = ("_cache", "_sampler", "_slab_free", "_zeros")
+    __slots__ = ("_cache", "_sampler", "_zeros")
 
     def __init__(
         self,
@@ -263,7 +261,6 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
         if leak_sampling is not None:
             check_nr("leak_sampling", leak_sampling)
         self._cache = cache
-        self._slab_free = cache._free
         self._zeros = bytes(cache.object_size) if zero_on_free else None
         self._sampler: LeakSampler | None = None
         super().__init__(min_nr, cache, **options)
@@ -296,27 +293,37 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
         self, gfp_mask: GFP | int = GFP_KERNEL, *, timeout: float | None = None
     ) -> memoryview | None:
         """As ``Mempool.alloc()``."""
+        # Typed by annotation: a cast would be a call, compiled.
+        got: memoryview | None = self._first_try(gfp_mask, timeout)
+        if got is WAIT:
+            return await self._alloc_slow(gfp_mask, timeout)
+        return got
+
+    def _first_try(self, gfp_mask: GFP | int, timeout: float | None) -> Any:
+        """As ``Mempool._first_try()``: in the steady state, the cache's top
+        free slot (the policy of growth, limit, headroom and closing stays
+        the cache's); leak sampling samples every buffer handed out, waited
+        for or not."""
+        view: object = None
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
-            # SlabCache._pop_free(cache._limit, out), inlined: the awaited
-            # cycle is the one that must beat an asyncio.Queue of buffers,
-            # and a call costs a tenth of it. Only the mechanics are copied;
-            # the policy (growth, limit, headroom, closing) stays in the
-            # cache.
             cache = self._cache
-            free = self._slab_free
-            out = cache._nr_objects - len(free)
-            if free and out < cache._limit:
-                view = free.pop()
-                self._out.add(id(view))
-                if out >= cache._high_water:
-                    cache._high_water = out + 1
+            view = cache._pop_free(cache._limit, self._out)
+            if view is not None:
                 self._allocs += 1
-                sampler = self._sampler
-                if sampler is None:
-                    return view
-                sampler.countdown -= 1  # as below: change both together
-                return view if sampler.countdown > 0 else sampler.sample(view)
-        got = await Mempool.alloc(self, gfp_mask, timeout=timeout)
+        if view is None:
+            view = Mempool._first_try(self, gfp_mask, timeout)
+            if view is WAIT or view is None:
+                return view
+        sampler = self._sampler
+        if sampler is None:
+            return view
+        sampler.countdown -= 1  # as in alloc_nowait(): change both together
+        return view if sampler.countdown > 0 else sampler.sample(cast(memoryview, view))
+
+    async def _alloc_slow(
+        self, gfp_mask: GFP | int, timeout: float | None
+    ) -> memoryview | None:
+        got: memoryview = await Mempool._alloc_slow(self, gfp_mask, timeout)
         sampler = self._sampler
         if sampler is None:
             return got
@@ -364,16 +371,13 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
             and element is not None
             and self._zeros is None
         ):
-            # SlabCache._push_free(), inlined as _pop_free() is in alloc().
             try:
-                self._out.remove(id(element))
-            except KeyError:
-                # A sampled alias's slot, or the pool's refusal (which knows
-                # its own reserve) is raised.
-                cache._push_free(self._claim(element), self._out)
-            else:
-                self._slab_free.append(element)
-                cache._frees += 1
+                cache._push_free(element, self._out)
+            except ValueError:
+                # A buffer this pool did not lend: the pool's refusal, which
+                # knows its own reserve, is raised.
+                self._claim(element)
+                raise
             self._frees += 1
             return
         if element is not None and self._zeros is not None and self._debug is None:

@@ -252,13 +252,9 @@ class SlabCache:
         self._debug = debug_enabled(debug)
         self._aliases: dict[int, _Alias] = {}
         self._closed = False
-        # The fields that SlabPool's fast path (pools.py) reads and writes
-        # itself, a declared contract: _free (pop, append; never replaced),
-        # _nr_objects, _limit (read), _high_water, _frees (+1 per free);
-        # and the methods _pop_free() and _push_free(). Whoever changes
-        # their meaning changes SlabPool.alloc() and free() with them, and
-        # BufferArena.alloc_nowait() and free() (arena.py), which inline
-        # SlabPool's fast paths on the same fields.
+        # The fast paths of SlabPool (pools.py) and BufferArena (arena.py)
+        # call _pop_free() and _push_free() (C calls, compiled), and read
+        # _limit.
         self._free: list[memoryview] = []
         self._busy: set[int] = set()
         self._slots: dict[int, tuple[_Slab, int]] = {}
@@ -424,8 +420,7 @@ class SlabCache:
         """Hand out the top free slot, into ``busy``, if fewer than ``limit``
         objects are out; None if not, or if no slot is free. The common
         case of every allocation, called by SlabPool's hot paths too
-        (_limit is 0 once the cache is closed: then it always says None).
-        SlabPool.alloc() inlines it: change both together."""
+        (_limit is 0 once the cache is closed: then it always says None)."""
         free = self._free
         out = self._nr_objects - len(free)
         if not free or out >= limit:
@@ -596,7 +591,7 @@ class SlabCache:
 
     def _push_free(self, view: memoryview, busy: set[int]) -> None:
         """Take back a view kept in ``busy``: the common case of every
-        free. SlabPool.free() inlines it: change both together."""
+        free, called by SlabPool's and BufferArena's hot paths too."""
         try:
             busy.remove(id(view))
         except KeyError:
