@@ -85,8 +85,8 @@ P = TypeVar("P", bound="Mempool[Any]")
 
 #: The mask that waits, as the overloads of alloc() see it.
 Kernel = Literal[GFP.DIRECT_RECLAIM]
-#: What a lender's ``_first_try()`` returns when the caller must wait (its
-#: ``_alloc_slow()`` does): never an element, which is the caller's object.
+#: What a lender's ``_first_try()`` returns when the caller must wait (in
+#: its alloc()): never an element, which is the caller's object.
 #: Typed Any, so that comparing it with an element needs no cast (a call,
 #: compiled).
 WAIT: Any = Wake("wait")
@@ -405,47 +405,10 @@ class Mempool(Native, _Generic[T]):
         element: T | None = self._first_try(gfp_mask, timeout)
         if element is not WAIT:
             return element
-        return await self._alloc_slow(gfp_mask, timeout)
-
-    def _first_try(self, gfp_mask: GFP | int, timeout: float | None) -> Any:
-        """alloc() up to its wait: the element; None, if the mask may not
-        wait; or ``WAIT``: the pool was tried, and the caller waits in line
-        (``_alloc_slow()``). Synchronous, so that ``element()`` enters
-        without a second coroutine (a C call in the compiled build)."""
-        # The hot path, _take() inlined: the default mask, the steady state
-        # (see _regate()). Change together with alloc_nowait()'s and
-        # _call_alloc_fn(): the same call of alloc_fn, three times.
-        if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
-            try:
-                element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
-            except MemoryError:
-                element = None
-            if element is not None:
-                self._allocs += 1
-                return element
-            self._alloc_fn_failures += 1
-            element = self._take_reserve(KERNEL_MASK)
-            return WAIT if element is None else element
-        mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
-        if self._closed:
-            raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
-        if timeout is not None:
-            check_timeout(timeout)
-        if not self._line.has_live():
-            element = self._take(mask)
-            if element is not None:
-                return element if self._debug is None else self._debug.lend(element)
-        if not mask.may_wait:
-            self._failed(mask)
-            return None
-        if timeout is not None and timeout <= 0:
-            raise self._timed_out(mask, timeout)
-        return WAIT
-
-    async def _alloc_slow(self, gfp_mask: GFP | int, timeout: float | None) -> T:
-        """Wait in line until handed an element: ``_first_try()`` said so
-        (it checked the arguments, and found the reserve empty), with no
-        await since."""
+        # Wait in line until handed an element: _first_try() checked the
+        # arguments and found the reserve empty, with no await since.
+        # Inlined rather than a coroutine of its own: a contended pool goes
+        # through here per call.
         mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
         line = self._line
         fut = self._park(mask.full)
@@ -475,7 +438,6 @@ class Mempool(Native, _Generic[T]):
             if handle is not None:
                 handle.cancel()
         # got is Any: no cast (a call, compiled) on the path of every wait.
-        element: T
         if type(got) is Fresh:
             element = got.element
         elif got is TIMEDOUT:
@@ -489,6 +451,42 @@ class Mempool(Native, _Generic[T]):
         self._allocs += 1
         self._waited(time.perf_counter() - start)
         return element if self._debug is None else self._debug.lend(element)
+
+    def _first_try(self, gfp_mask: GFP | int, timeout: float | None) -> Any:
+        """alloc() up to its wait: the element; None, if the mask may not
+        wait; or ``WAIT``: the pool was tried, and the caller must wait in
+        line (alloc() goes on to; ``element()`` calls alloc(), which tries
+        once more). Synchronous, so that ``element()`` enters without a
+        second coroutine (a C call in the compiled build)."""
+        # The hot path, _take() inlined: the default mask, the steady state
+        # (see _regate()). Change together with alloc_nowait()'s and
+        # _call_alloc_fn(): the same call of alloc_fn, three times.
+        if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
+            try:
+                element = self._alloc_fn(GFP_NOWAIT, self._pool_data)
+            except MemoryError:
+                element = None
+            if element is not None:
+                self._allocs += 1
+                return element
+            self._alloc_fn_failures += 1
+            element = self._take_reserve(KERNEL_MASK)
+            return WAIT if element is None else element
+        mask = KERNEL_MASK if gfp_mask is GFP_KERNEL else decode_mask(gfp_mask)
+        if self._closed:
+            raise PoolClosedError(f"{self!r}: alloc() on a closed pool")
+        if timeout is not None:
+            check_timeout(timeout)
+        if not self._line.has_live():
+            element = self._take(mask)
+            if element is not None:
+                return element if self._debug is None else self._debug.lend(element)
+        if not mask.may_wait:
+            self._failed(mask)
+            return None
+        if timeout is not None and timeout <= 0:
+            raise self._timed_out(mask, timeout)
+        return WAIT
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> T | None:
         """Allocate an element without waiting; ``None`` if there is none.
@@ -1205,14 +1203,13 @@ _EXITED = _Done()
 
 class _Lender(Protocol[T_co]):
     """What ElementContext needs of its pool (a Mempool, a BufferArena):
-    alloc() in two steps, each called with alloc()'s arguments and its
-    timeout (``_first_try()``: the element, None, or ``WAIT``), and free()."""
+    alloc()'s first step, called with alloc()'s arguments and its timeout
+    (``_first_try()``: the element, None, or ``WAIT``), alloc() and free()."""
 
     @property
     def _first_try(self) -> Callable[..., Any]: ...
 
-    @property
-    def _alloc_slow(self) -> Callable[..., Awaitable[T_co | None]]: ...
+    def alloc(self, *args: Any, **kwargs: Any) -> Awaitable[T_co | None]: ...
 
     def free(self, element: Any) -> None: ...
 
@@ -1256,7 +1253,10 @@ class ElementContext(Native, _Generic[T]):
             # the first says the caller must wait.
             element: T | None = pool._first_try(*self._args, self._timeout)
             if element is WAIT:
-                element = await pool._alloc_slow(*self._args, self._timeout)
+                if self._timeout is None:  # no keyword to pass: the common case
+                    element = await pool.alloc(*self._args)
+                else:
+                    element = await pool.alloc(*self._args, timeout=self._timeout)
         except BaseException:
             self._entered = False
             raise

@@ -296,39 +296,26 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
         # Typed by annotation: a cast would be a call, compiled.
         got: memoryview | None = self._first_try(gfp_mask, timeout)
         if got is WAIT:
-            return await self._alloc_slow(gfp_mask, timeout)
-        return got
+            # Mempool's tries once more (this _first_try()), then waits.
+            got = await Mempool.alloc(self, gfp_mask, timeout=timeout)
+        sampler = self._sampler
+        if sampler is None:
+            return got
+        sampler.countdown -= 1  # as in alloc_nowait(): change both together
+        return got if sampler.countdown > 0 else sampler.sample(got)
 
     def _first_try(self, gfp_mask: GFP | int, timeout: float | None) -> Any:
         """As ``Mempool._first_try()``: in the steady state, the cache's top
         free slot (the policy of growth, limit, headroom and closing stays
-        the cache's); leak sampling samples every buffer handed out, waited
-        for or not."""
-        view: object = None
+        the cache's). Not sampled for leaks (alloc() samples what it hands
+        out): ``element()``'s buffers come back at the block's end."""
         if gfp_mask is GFP_KERNEL and timeout is None and not self._gate:
             cache = self._cache
             view = cache._pop_free(cache._limit, self._out)
             if view is not None:
                 self._allocs += 1
-        if view is None:
-            view = Mempool._first_try(self, gfp_mask, timeout)
-            if view is WAIT or view is None:
                 return view
-        sampler = self._sampler
-        if sampler is None:
-            return view
-        sampler.countdown -= 1  # as in alloc_nowait(): change both together
-        return view if sampler.countdown > 0 else sampler.sample(cast(memoryview, view))
-
-    async def _alloc_slow(
-        self, gfp_mask: GFP | int, timeout: float | None
-    ) -> memoryview | None:
-        got: memoryview = await Mempool._alloc_slow(self, gfp_mask, timeout)
-        sampler = self._sampler
-        if sampler is None:
-            return got
-        sampler.countdown -= 1
-        return got if sampler.countdown > 0 else sampler.sample(got)
+        return Mempool._first_try(self, gfp_mask, timeout)
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
         """As ``Mempool.alloc_nowait()``."""
