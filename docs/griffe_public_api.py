@@ -11,6 +11,9 @@ reference are not members, and this extension covers them:
   style writes it: ``name (type): text``. A private annotation without one
   is a warning, which fails ``mkdocs build --strict``.
 
+A base class defined in a private module (the protocol's ``Receiver``)
+is not shown either: its members are shown as the class's own.
+
 And one that reads better: an attribute that ``__init__`` sets from its
 parameter of the same name (``self.pool = pool``) is shown with that
 parameter's annotation, not as ``pool = pool``.
@@ -31,6 +34,14 @@ _log = logging.getLogger("mkdocs.plugins.griffe_public_api")
 
 def _is_private(expr: object) -> bool:
     return bool(_PRIVATE.search(str(expr)))
+
+
+def _from_private_module(obj: griffe.Object) -> bool:
+    return _from_private_module_path(obj.path)
+
+
+def _from_private_module_path(path: str) -> bool:
+    return any(part.startswith("_") for part in path.split(".")[:-1])
 
 
 class PublicAPI(griffe.Extension):
@@ -63,6 +74,7 @@ class PublicAPI(griffe.Extension):
                 self._walk(member)
 
     def _bases(self, cls: griffe.Class) -> None:
+        self._adopt(cls)
         if not any(_is_private(base) for base in cls.bases):
             return
         runtime = getattr(importlib.import_module(cls.module.path), cls.name)
@@ -74,6 +86,23 @@ class PublicAPI(griffe.Extension):
                 parent=cls,
             )
             for base in runtime.__bases__
+        ]
+
+    def _adopt(self, cls: griffe.Class) -> None:
+        """A base defined in a private module (``_receiver.Receiver``, the
+        protocol's state and logic) is not shown: its members are shown as
+        the class's own, as if defined there."""
+        hidden = [base for base in cls.resolved_bases if _from_private_module(base)]
+        if not hidden:
+            return
+        for base in hidden:
+            for name, member in base.members.items():
+                if name not in cls.members:
+                    cls.set_member(name, member)
+        cls.bases = [
+            base
+            for base in cls.bases
+            if not _from_private_module_path(getattr(base, "canonical_path", ""))
         ]
 
     def _attributes(self, cls: griffe.Class) -> None:

@@ -7,6 +7,7 @@ import logging
 import random
 import socket
 import struct
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -341,6 +342,32 @@ def dry(
     protocol = make(pool)
     protocol.connection_made(transport)
     return pool, held, transport, protocol
+
+
+@pytest.mark.asyncio
+async def test_the_protocol_is_a_buffered_protocol_its_subclasses_extend() -> None:
+    # Its state and logic are a base of its own (an extension type in the
+    # compiled build), beside asyncio.BufferedProtocol, which the loops
+    # test for: a subclass still adds attributes, is weakly referenced,
+    # and overrides the transports' callbacks through super().
+    class Counting(Keeper):
+        reads: int
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.reads += 1
+            super().buffer_updated(nbytes)
+
+    pool = buffer_pool(64, min_nr=1, max_nr=4)
+    protocol = Counting(pool, keep=False)
+    protocol.reads = 0
+    assert isinstance(protocol, asyncio.BufferedProtocol)
+    assert weakref.ref(protocol)() is protocol
+    protocol.connection_made(FakeTransport())
+    feed(protocol, b"one")
+    feed(protocol, b"two")
+    assert protocol.got == [b"one", b"two"] and protocol.reads == 2
+    assert pool.stats().outstanding == 0
+    protocol.connection_lost(None)
 
 
 @pytest.mark.asyncio
