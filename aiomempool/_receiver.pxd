@@ -9,6 +9,16 @@ from aiomempool.arena cimport BufferArena
 from aiomempool.mempool cimport Mempool
 
 
+cdef class Receiver
+
+
+cdef class _Sweeper:
+    cdef public object last
+    cdef public list protocols
+
+    cpdef add(self, Receiver protocol)
+
+
 cdef class Receiver:
     cdef public BufferArena _arena
     cdef public object _buf
@@ -28,7 +38,7 @@ cdef class Receiver:
     cdef public bint _paused
     cdef public bytearray _pending
     cdef public object _small
-    cdef public object _sweeper
+    cdef public _Sweeper _sweeper
     cdef public bint _taken
     cdef public object _tick
     cdef public bint _unseen

@@ -473,11 +473,7 @@ class Receiver:
         # get_buffer() of any connection of this loop, or once the loop's
         # current callbacks are over, whichever comes first.
         self._fresh = True
-        sweeper.last = self
-        protocols = sweeper.protocols  # _Sweeper.add(), inlined: every read
-        if not protocols:
-            asyncio.get_running_loop().call_soon(sweeper.run)
-        protocols.append(self)
+        sweeper.add(self)
         fill = self._fill
         return buf[fill:] if fill else buf
 
@@ -967,9 +963,10 @@ class _Sweeper:
     a transport finishes a read before any other read starts. The others
     of the iteration (``protocols``) are swept by one callback at its end,
     however many connections read (a call_soon() per read would cost more
-    than the read's own bookkeeping). get_buffer() sets ``last`` and
-    appends to ``protocols``, scheduling ``run()`` when it finds the list
-    empty: ``protocols`` is not empty exactly while ``run()`` is scheduled.
+    than the read's own bookkeeping). get_buffer() calls ``add()``, which
+    sets ``last`` and appends to ``protocols``, scheduling ``run()`` when it
+    finds the list empty: ``protocols`` is not empty exactly while ``run()``
+    is scheduled.
     A protocol swept early stays listed; ``_sweep()`` finds nothing then.
     """
 
@@ -978,6 +975,15 @@ class _Sweeper:
     def __init__(self) -> None:
         self.last: Receiver | None = None
         self.protocols: list[Receiver] = []
+
+    def add(self, protocol: Receiver) -> None:
+        """``protocol`` was lent a fresh buffer: it is ``last``, and swept at
+        the end of the loop's iteration at the latest."""
+        self.last = protocol
+        protocols = self.protocols
+        if not protocols:
+            asyncio.get_running_loop().call_soon(self.run)
+        protocols.append(protocol)
 
     def sweep_last(self, protocol: Receiver) -> None:
         self.last = None

@@ -19,3 +19,6 @@ cdef class WaitQueue:
 
     cpdef bint has_live(self)
     cpdef bint hand(self, object value)
+    # The line's two checks, C calls from every wait and hand-off.
+    cpdef _served(self)
+    cpdef bint _dead(self) except -1

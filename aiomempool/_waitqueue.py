@@ -130,8 +130,8 @@ class WaitQueue:
         by ``leave()``), or of the running loop if nobody waits (or only the
         tasks of a closed loop: forgotten now).
         """
-        loop = self.loop  # _dead(), inlined: every wait
-        if not self.nparked or loop is None or (loop.is_closed() and self._dead()):
+        loop = self.loop
+        if not self.nparked or loop is None or self._dead():
             loop = self.loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._entries.append((fut, ask))
@@ -143,8 +143,7 @@ class WaitQueue:
         entries = self._entries
         if not entries:
             return False
-        loop = self.loop  # _dead(), inlined: every wait
-        if loop is not None and loop.is_closed() and self._dead():
+        if self._dead():
             return False
         while entries:
             if not entries[0][0].done():
@@ -167,17 +166,13 @@ class WaitQueue:
         entries = self._entries
         if not entries:
             return False
-        loop = self.loop  # _dead(), inlined: every hand-off
-        if loop is not None and loop.is_closed() and self._dead():
+        if self._dead():
             return False
         while entries:
             fut = entries.popleft()[0]
             if not fut.done():
                 fut.set_result(value)
-                self.nparked -= 1  # _served(), inlined: every hand-off
-                if not self.nparked:
-                    entries.clear()
-                    self.on_empty()
+                self._served()
                 return True
         return False
 
