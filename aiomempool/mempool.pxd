@@ -3,8 +3,6 @@
 # each public (readable and writable from Python, as a slot is). The
 # counters are C integers; the rest keep Python's types.
 
-cimport cython
-
 from aiomempool._native cimport Native
 from aiomempool._waitqueue cimport WaitQueue
 
@@ -58,7 +56,6 @@ cdef class _Done:
     pass
 
 
-@cython.freelist(16)
 cdef class ElementContext(Native):
     cdef public object _args
     cdef public object _element
