@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import arena, handrolled, libraries, mempools, report
+from benchmarks import arena, handrolled, libraries, mempools, reads, report
 from benchmarks import results as res
 from benchmarks.cases import (
     AIOMEMPOOL,
@@ -134,6 +134,18 @@ def groups(libs: list[libraries.Loaded]) -> list[Group]:
                 ],
             )
         )
+    out.append(
+        Group(
+            "reads",
+            f"A read of {reads.READ} bytes through a BufferedProtocol",
+            "ns/read",
+            res.READ_BASELINE_LABEL,
+            [
+                Case(res.READ_BASELINE_LABEL, HAND_ROLLED, reads.per_connection_cycle),
+                Case(res.READ_POOLED_LABEL, AIOMEMPOOL, reads.pooled_cycle),
+            ],
+        )
+    )
     for spread in arena.SPREADS:
         out.append(
             Group(

@@ -591,6 +591,31 @@ class RespProtocol(PooledBufferedProtocol):
     paused (``deferred``).
     """
 
+    # Its attributes in slots: in the compiled build the protocol's base is
+    # an extension type, and CPython reads a subclass's own attributes
+    # three times slower from its __dict__ then; slots it reads as fast.
+    __slots__ = (
+        "args",
+        "conns",
+        "deferred",
+        "draining",
+        "eof",
+        "first",
+        "gate",
+        "gated",
+        "gathering",
+        "held",
+        "high_water",
+        "inline",
+        "line",
+        "lost",
+        "nargs",
+        "queued",
+        "store",
+        "writing_paused",
+        "yielding",
+    )
+
     def __init__(
         self,
         pool: Mempool[memoryview] | BufferArena,
