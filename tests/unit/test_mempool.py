@@ -480,6 +480,41 @@ async def test_element_frees_when_the_body_is_cancelled() -> None:
 
 
 @pytest.mark.asyncio
+async def test_element_of_a_dry_pool_waits_in_line_and_a_cancel_loses_nothing() -> None:
+    # element() enters by alloc()'s first step, and awaits alloc() only when
+    # that says wait: behind an earlier waiter, in line order, and a cancel
+    # while waiting hands the element on.
+    backing = Backing()
+    pool = backing.pool(1)
+    backing.up = False
+    held = pool.alloc_nowait()
+    order: list[str] = []
+
+    async def enter(name: str) -> None:
+        async with pool.element() as element:
+            order.append(name)
+            assert element is held
+
+    first = asyncio.create_task(pool.alloc())
+    await asyncio.sleep(0)
+    second = asyncio.create_task(enter("second"))
+    cancelled = asyncio.create_task(enter("cancelled"))
+    third = asyncio.create_task(enter("third"))
+    await asyncio.sleep(0)
+    assert pool.waiters == 4
+    cancelled.cancel()
+    pool.free(held)  # to the first waiter
+    assert await first is held
+    pool.free(held)  # to the second, which gives it back at its exit: third
+    await asyncio.gather(second, third)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert order == ["second", "third"]
+    assert pool.curr_nr == 1 and pool.waiters == 0
+    assert pool.stats().outstanding == 0
+
+
+@pytest.mark.asyncio
 async def test_element_raises_pool_exhausted_for_a_mask_that_may_not_wait() -> None:
     backing = Backing()
     pool = backing.pool(1)
