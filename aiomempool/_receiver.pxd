@@ -5,6 +5,8 @@
 # are C calls (cdef: called on self only); what the loop calls back, or
 # another protocol calls, stays a Python method.
 
+cimport cython
+
 from aiomempool.arena cimport BufferArena
 from aiomempool.mempool cimport Mempool
 
@@ -17,6 +19,7 @@ cdef class _Sweeper:
     cdef public list protocols
 
     cpdef add(self, Receiver protocol)
+    cpdef handed_on(self)
 
 
 cdef class Receiver:
@@ -51,9 +54,13 @@ cdef class Receiver:
     cdef public object transport
 
     cdef _deliver(self, Py_ssize_t nbytes)
+    @cython.locals(sweeper=_Sweeper)
     cdef _settle(self, object buf, object view, Py_ssize_t end)
     cpdef _sweep(self)
     cdef _alloc_nowait(self)
+    cdef _take_fresh(self, Receiver last)
+    cdef bint _reusable(self)
+    cdef bint _steady(self)
     cdef _give(self, object buf)
     cdef _install(self, object buf)
     cdef _compact(self)

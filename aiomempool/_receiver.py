@@ -7,10 +7,13 @@ has no fields: the layouts agree). Its methods are the protocol's, and
 documented there.
 
 Each read lands in a buffer of the pool, handed to the user's
-``view_received()`` and given back as soon as that returns, unless the user
-keeps it for an incomplete frame. When the pool runs dry, the connection is
-not dropped: it stops reading and queues for a buffer, first come first
-served across connections (the pool's waiters are FIFO).
+``view_received()`` and given back once that returns, unless the user
+keeps it for an incomplete frame: at once while others wait for the pool
+(or in debug mode); otherwise it serves the connection's next read, or
+the next connection's, and goes back by the end of the loop iteration.
+When the pool runs dry, the connection is not dropped: it stops reading
+and queues for a buffer, first come first served across connections (the
+pool's waiters are FIFO).
 
 How the transports call us, which the design leans on:
 
@@ -25,6 +28,14 @@ How the transports call us, which the design leans on:
 * uvloop exports the result of ``get_buffer()`` until ``buffer_updated()``
   returns: a buffer freed in there is fine for the pool; in debug mode the
   pool quarantines the exported view and takes it back once it is released.
+* libuv reads until EAGAIN: after every read uvloop asks for a buffer
+  again, and the try mostly finds nothing. So a read that kept nothing
+  leaves its buffer fresh for that try, and the next get_buffer() of
+  another protocol takes it straight: one buffer serves a stream of reads
+  of many connections, with no allocation or free per read. Only while
+  the pool is steady (its gate down: nobody waits, no debug mode), when
+  giving it back and taking it again would yield the same buffer;
+  otherwise it goes back at once, to the waiters first.
 
 Ownership, kept by every method below: a buffer of the pool is held by
 exactly one of ``_buf`` (lent to the transport between ``get_buffer()`` and
@@ -140,7 +151,8 @@ class Receiver:
     #   _keep       keep_buffer()'s start, during view_received() only
     #   _end        len(view) during view_received(), else None
     #   _taken      take_buffer() was called in this view_received()
-    #   _fresh      _buf came from get_buffer() and no read filled it yet
+    #   _fresh      _buf came from get_buffer(), or stayed after a read
+    #               that kept nothing, and no read filled it yet
     #   _sweeper    the loop's _Sweeper, which gives fresh buffers back
     #   _fallback   the small buffer read into while the pool is dry
     #   _pending    bytes read into _fallback, not yet in a pool buffer
@@ -213,8 +225,10 @@ class Receiver:
         self._pending = bytearray()  # read into the fallback, not yet delivered
         self._waiter: asyncio.Task[None] | None = None
         self._lost = False
-        # A buffer get_buffer() took from the pool and no read has filled
-        # yet; _sweep() gives it back if none does (see get_buffer()).
+        # A buffer get_buffer() took from the pool, or that a read which
+        # kept nothing left for the next (see _settle()), and no read has
+        # filled yet; _sweep() gives it back if none does, and the next
+        # get_buffer() of another protocol may take it (_take_fresh()).
         self._fresh = False
         self._sweeper: _Sweeper | None = None  # set by connection_made()
         self._paused = False  # by pause_reading()
@@ -314,6 +328,16 @@ class Receiver:
             return
         self._gather_at = start
         self._frame_left = nbytes - (end - start)
+
+    @property
+    def frame_left(self) -> int:
+        """Bytes of the frame being gathered (``gather()``) not received
+        yet; 0 when no frame is being gathered. It falls as the frame's
+        bytes come in, so a timer can tell a frame that stalls from one
+        that is slow."""
+        if self._chain is None and self._gather_at is None:
+            return 0
+        return self._frame_left
 
     def frame_received(self, chain: BufferChain) -> None:
         """Called with a frame ``gather()`` asked for, whole.
@@ -447,13 +471,19 @@ class Receiver:
         if self._waiter is None:
             # The read of the last get_buffer() is over (a transport reads
             # into its buffer before it asks again): if nothing filled that
-            # buffer, it goes back first, and is the one taken now. So a
-            # storm of connections ending at once costs one buffer, not one
-            # each, and the pool does not grow for bytes that never come.
+            # buffer, it is taken straight (_take_fresh()), or goes back
+            # first and is the one allocated now. So a storm of connections
+            # ending at once costs one buffer, not one each, and the pool
+            # does not grow for bytes that never come.
             last = sweeper.last
             if last is not None and last._fresh:
-                sweeper.sweep_last(last)
-            buf = self._alloc_nowait()
+                buf = self._take_fresh(last)
+                if buf is None:
+                    sweeper.sweep_last(last)
+                else:
+                    sweeper.handed_on()
+            if buf is None:
+                buf = self._alloc_nowait()
         if buf is None:
             self._evict_stale()
             # Reading is paused from buffer_updated(), where these bytes
@@ -580,15 +610,26 @@ class Receiver:
             # The user's view dies first, so that debug mode can take the
             # buffer back now unless the user exported it.
             # Not contextlib.suppress(): this runs on every read.
-            try:  # noqa: SIM105
+            released = True
+            try:
                 view.release()
             except BufferError:
-                pass
-            self._buf = None
+                released = False
             self._fill = 0
             if taken:
+                self._buf = None
                 self._taken = False  # the user's now, to free or hand on
+            elif released and self._reusable():
+                # The next read goes into it (uvloop asks for a buffer
+                # again at once, and reads until EAGAIN): fresh, as if
+                # get_buffer() had just taken it, so the sweep gives it
+                # back if no read comes, by the end of the loop iteration.
+                self._fresh = True
+                sweeper = self._sweeper
+                assert sweeper is not None  # _reusable() says so
+                sweeper.add(self)
             else:
+                self._buf = None
                 self._give(buf)
         else:
             self._keep = None
@@ -651,6 +692,45 @@ class Receiver:
         got = await arena.alloc(size, KERNEL_HIGH)
         assert got is not None  # a mask that waits
         return got
+
+    def _take_fresh(self, last: Receiver) -> memoryview | None:
+        """The fresh buffer of ``last``, the protocol lent one before this
+        get_buffer(), which no read filled: handed straight to this one,
+        for a fresh read, if it is a receive buffer of the same pool, empty,
+        and the pool is in its steady state (nobody waits: what giving it
+        back and allocating would do, without either). None otherwise."""
+        buf = last._buf
+        if (
+            buf is None
+            or last._fill
+            or last._unseen
+            or self._chain is not None
+            or last.pool is not self.pool
+            or last.buffer_size != self.buffer_size
+            or not self._steady()
+        ):
+            return None
+        last._buf = None
+        last._fresh = False
+        return buf
+
+    def _reusable(self) -> bool:
+        """Whether the buffer of a read that kept nothing may stay for the
+        next read rather than go back: reading goes on, and the pool is in
+        its steady state, so that keeping it takes nothing from a waiter,
+        and no quarantine is skipped."""
+        return not (self._paused or self._lost or self._sweeper is None) and (
+            self._steady()
+        )
+
+    def _steady(self) -> bool:
+        """Whether the pool is in its steady state: its gate is down (open,
+        nobody waits, no debug mode)."""
+        arena = self._arena
+        if arena is None:
+            assert self._mempool is not None
+            return not self._mempool._gate
+        return not arena._gate
 
     def _give(self, buf: memoryview) -> None:
         """Give ``buf`` back to the pool (or arena): through the typed field,
@@ -955,19 +1035,22 @@ class Receiver:
 
 
 class _Sweeper:
-    """Gives back the buffers that get_buffer() took and no read filled,
-    for the protocols of one loop.
+    """Gives back the fresh buffers (those get_buffer() took, or a read
+    that kept nothing left, and no read filled) of the protocols of one
+    loop.
 
     ``last`` is the protocol of the last fresh buffer lent: the next
-    get_buffer() of any protocol sweeps it first (``sweep_last()``), since
-    a transport finishes a read before any other read starts. The others
-    of the iteration (``protocols``) are swept by one callback at its end,
-    however many connections read (a call_soon() per read would cost more
-    than the read's own bookkeeping). get_buffer() calls ``add()``, which
-    sets ``last`` and appends to ``protocols``, scheduling ``run()`` when it
-    finds the list empty: ``protocols`` is not empty exactly while ``run()``
-    is scheduled.
-    A protocol swept early stays listed; ``_sweep()`` finds nothing then.
+    get_buffer() of any protocol takes it (``handed_on()``) or sweeps it
+    (``sweep_last()``) first, since a transport finishes a read before any
+    other read starts. The others of the iteration (``protocols``) are
+    swept by one callback at its end, however many connections read (a
+    call_soon() per read would cost more than the read's own bookkeeping).
+    get_buffer() and a read that leaves its buffer fresh call ``add()``,
+    which sets ``last`` and appends to ``protocols`` (unless it is ``last``
+    already, and so listed), scheduling ``run()`` when it finds the list
+    empty: ``protocols`` is not empty exactly while ``run()`` is scheduled.
+    A protocol swept or handed on early may stay listed; ``_sweep()``
+    finds nothing then.
     """
 
     __slots__ = ("last", "protocols")
@@ -979,6 +1062,8 @@ class _Sweeper:
     def add(self, protocol: Receiver) -> None:
         """``protocol`` was lent a fresh buffer: it is ``last``, and swept at
         the end of the loop's iteration at the latest."""
+        if self.last is protocol:
+            return  # listed since it became last (only run() unlists)
         self.last = protocol
         protocols = self.protocols
         if not protocols:
@@ -988,6 +1073,16 @@ class _Sweeper:
     def sweep_last(self, protocol: Receiver) -> None:
         self.last = None
         self._sweep(protocol)
+
+    def handed_on(self) -> None:
+        """The fresh buffer of ``last`` went to another protocol: nothing is
+        left to sweep of it. Unlisted if it was the last listed, unless it
+        is the only one (``run()`` is scheduled while the list is not
+        empty)."""
+        protocols = self.protocols
+        if len(protocols) > 1 and protocols[-1] is self.last:
+            protocols.pop()
+        self.last = None
 
     def run(self) -> None:
         self.last = None

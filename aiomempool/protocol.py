@@ -1,10 +1,13 @@
 """A ``BufferedProtocol`` that reads into buffers borrowed from a pool.
 
 Each read lands in a buffer of the pool, handed to the user's
-``view_received()`` and given back as soon as that returns, unless the user
-keeps it for an incomplete frame. When the pool runs dry, the connection is
-not dropped: it stops reading and queues for a buffer, first come first
-served across connections (the pool's waiters are FIFO).
+``view_received()`` and given back once that returns, unless the user
+keeps it for an incomplete frame: at once while others wait for the pool
+(or in debug mode); otherwise it serves the connection's next read, or
+the next connection's, and goes back by the end of the loop iteration.
+When the pool runs dry, the connection is not dropped: it stops reading
+and queues for a buffer, first come first served across connections (the
+pool's waiters are FIFO).
 
 The protocol's state and logic are ``Receiver``'s (_receiver.py, where the
 design is described): this module joins it to ``asyncio.BufferedProtocol``.

@@ -38,7 +38,8 @@ class Echo(PooledBufferedProtocol):
 
     def view_received(self, view: memoryview) -> None:
         # A copy: transport.write() may keep what it is given until it is
-        # sent (Python 3.12+, uvloop), and the buffer goes back right away.
+        # sent (Python 3.12+, uvloop), and the buffer is free for the next
+        # read at once.
         self.transport.write(bytes(view))
 
     # A client that does not read its echo stops us reading from it.

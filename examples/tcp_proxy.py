@@ -8,7 +8,7 @@ to the other side's ``PooledWriter``, which gives it back to the pool only
 once the transport has sent it (on Python 3.12+ and uvloop,
 ``transport.write()`` keeps a view of what it is given until it is sent).
 A small read is copied instead, ``transport.write(bytes(view))``, and its
-buffer goes back at once: a 64 KiB buffer held for every 1 KB message
+buffer is free again at once: a 64 KiB buffer held for every 1 KB message
 queued would let a few clients that never read their replies hold the
 whole pool.
 
@@ -172,9 +172,9 @@ class Side(PooledBufferedProtocol):
         if peer is None or peer.transport.is_closing():
             return  # the other side is going away: nowhere to send them
         if small:
-            # A copy, which the transport owns: the buffer goes back to the
-            # pool as soon as we return. pause_writing() may be called in
-            # there, and pause our reading.
+            # A copy, which the transport owns: the buffer is free for the
+            # next read as soon as we return. pause_writing() may be called
+            # in there, and pause our reading.
             peer.transport.write(bytes(view))
             self.proxy.copies += 1
             return

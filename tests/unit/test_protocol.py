@@ -21,6 +21,7 @@ from aiomempool import (
     PooledBufferedProtocol,
     PooledWriter,
     SlabCache,
+    buffer_arena,
     buffer_pool,
     slab_pool,
 )
@@ -366,6 +367,7 @@ async def test_the_protocol_is_a_buffered_protocol_its_subclasses_extend() -> No
     feed(protocol, b"one")
     feed(protocol, b"two")
     assert protocol.got == [b"one", b"two"] and protocol.reads == 2
+    await asyncio.sleep(0)
     assert pool.stats().outstanding == 0
     protocol.connection_lost(None)
 
@@ -379,7 +381,9 @@ async def test_get_buffer_ignores_sizehint_and_reuses_space_not_read_into() -> N
     assert len(first) == 64 and len(protocol.get_buffer(65536)) == 64
     assert pool.stats().outstanding == 1  # no read: the same buffer again
     feed(protocol, b"hi")
-    assert protocol.got == [b"hi"] and pool.stats().outstanding == 0
+    assert protocol.got == [b"hi"] and pool.stats().outstanding == 1
+    await asyncio.sleep(0)
+    assert pool.stats().outstanding == 0
     protocol.connection_lost(None)
 
 
@@ -394,8 +398,10 @@ async def test_a_buffer_no_read_filled_goes_back_once_the_callback_is_over() -> 
     assert pool.stats().outstanding == 1
     await asyncio.sleep(0)
     assert pool.stats().outstanding == 0
-    feed(protocol, b"hi")  # a read in one go: delivered, then given back
-    assert protocol.got == [b"hi"] and pool.stats().outstanding == 0
+    feed(protocol, b"hi")  # a read in one go: delivered, then kept fresh
+    assert protocol.got == [b"hi"] and pool.stats().outstanding == 1
+    await asyncio.sleep(0)  # for a next read that did not come: back
+    assert pool.stats().outstanding == 0
     protocol.connection_lost(None)
 
 
@@ -453,6 +459,7 @@ async def test_keep_buffer_refuses_a_start_outside_the_view() -> None:
     protocol = Bad(pool)
     protocol.connection_made(FakeTransport())
     feed(protocol, b"abc")
+    await asyncio.sleep(0)
     assert len(errors) == 3 and pool.stats().outstanding == 0
     with pytest.raises(TypeError, match="pool must be a Mempool"):
         Bad(bytearray(8))  # type: ignore[arg-type]
@@ -661,16 +668,116 @@ async def test_an_unfilled_buffer_goes_back_at_the_next_get_buffer_of_anyone() -
     for protocol in protocols:
         protocol.connection_made(FakeTransport())
         protocol.get_buffer(-1)  # no read follows
-        # The read of the one before is over: its buffer came back first.
+        # The read of the one before is over: its buffer is handed on.
         assert pool.stats().outstanding == 1
-    feed(protocols[0], b"x")  # one that is read into: delivered and back
-    assert pool.stats().outstanding == 0
+    feed(protocols[0], b"x")  # one that is read into: delivered, kept fresh
+    assert pool.stats().outstanding == 1
     protocols[1].get_buffer(-1)
     assert pool.stats().outstanding == 1
+    # One buffer went from each to the next, never back and out again.
+    assert pool.stats().allocs == 1 and pool.stats().frees == 0
     await asyncio.sleep(0)  # and the last one once the callbacks are over
     assert pool.stats().outstanding == 0
     for protocol in protocols:
         protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_read_buffer_stays_for_the_next_read_while_nobody_waits() -> None:
+    # uvloop asks for a buffer again right after each read (libuv reads
+    # until EAGAIN): the buffer of a read that kept nothing serves that
+    # next try, not given back and taken again, and goes back once the
+    # loop's callbacks are over if no read comes.
+    pool = buffer_pool(64, min_nr=1, max_nr=4)
+    protocol = Keeper(pool, keep=False)
+    protocol.connection_made(FakeTransport())
+    first = protocol.get_buffer(-1)
+    for data in (b"one", b"two", b"three"):
+        feed(protocol, data)
+        assert protocol.get_buffer(-1) is first  # the try after the read
+    assert protocol.got == [b"one", b"two", b"three"]
+    stats = pool.stats()
+    assert (stats.allocs, stats.frees, stats.outstanding) == (1, 0, 1)
+    await asyncio.sleep(0)
+    stats = pool.stats()
+    assert (stats.allocs, stats.frees, stats.outstanding) == (1, 1, 0)
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_read_buffer_goes_back_at_once_while_a_task_waits() -> None:
+    # Kept for the next read, it would pass the waiter by: it goes to the
+    # waiter as the read ends, first come first served.
+    pool = buffer_pool(64, min_nr=1, max_nr=1, headroom=0)
+    protocol = Keeper(pool)
+    protocol.connection_made(FakeTransport())
+    feed(protocol, b"h")  # kept: the pool's only buffer
+    waiter = asyncio.ensure_future(pool.alloc())
+    await settle()
+    assert not waiter.done() and pool.waiters == 1
+    protocol.keep = False
+    feed(protocol, b"i")
+    assert pool.waiters == 0  # served by the read's end, not by a sweep
+    got = await asyncio.wait_for(waiter, TIMEOUT)
+    assert protocol.got == [b"h", b"hi"] and pool.stats().outstanding == 1
+    pool.free(got)
+    protocol.connection_lost(None)
+    all_back(pool, 1)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("why", ["debug", "paused"])
+async def test_a_read_buffer_goes_back_at_once_in_debug_mode_or_paused(
+    why: str,
+) -> None:
+    # Debug mode checks at once that nobody kept a view of it (and
+    # quarantines it if so); a paused connection reads no more.
+    pool = buffer_pool(64, min_nr=1, max_nr=4, debug=why == "debug")
+
+    class Pausing(Keeper):
+        def view_received(self, view: memoryview) -> None:
+            super().view_received(view)
+            if why == "paused":
+                self.pause_reading()
+
+    protocol = Pausing(pool, keep=False)
+    protocol.connection_made(FakeTransport())
+    feed(protocol, b"hi")
+    assert protocol.got == [b"hi"] and pool.stats().outstanding == 0
+    protocol.connection_lost(None)
+
+
+@pytest.mark.asyncio
+async def test_a_fresh_buffer_is_handed_on_only_within_its_pool_and_size() -> None:
+    # The next get_buffer() of another connection takes the buffer of the
+    # last read straight, when it would have allocated the same one: a
+    # receive buffer of the same pool and size.
+    class Sink(PooledBufferedProtocol):
+        def view_received(self, view: memoryview) -> None:
+            pass
+
+    arena = buffer_arena(16 << 20, trim_after=None)
+    other = buffer_pool(4096, min_nr=1, max_nr=4)
+    a, b = Sink(arena, buffer_size=4096), Sink(arena, buffer_size=4096)
+    big, elsewhere = Sink(arena, buffer_size=8192), Sink(other)
+    for protocol in (a, b, big, elsewhere):
+        protocol.connection_made(FakeTransport())
+    feed(a, b"x")
+    lent = a.get_buffer(-1)
+    assert b.get_buffer(-1) is lent  # handed on
+    assert arena.stats().total.allocs == 1
+    feed(b, b"y")
+    assert len(big.get_buffer(-1)) == 8192  # b's went back: not its size
+    assert arena.stats().total.allocs == 2 and arena.stats().total.frees == 1
+    feed(big, b"z")
+    assert len(elsewhere.get_buffer(-1)) == 4096  # big's went back too
+    assert arena.stats().total.outstanding == 0
+    assert other.stats().outstanding == 1
+    await asyncio.sleep(0)
+    assert other.stats().outstanding == 0
+    for protocol in (a, b, big, elsewhere):
+        protocol.connection_lost(None)
+    arena.close()
 
 
 @pytest.mark.asyncio
