@@ -13,9 +13,11 @@ Reads land in receive buffers of a ``buffer_arena()`` (``--buffer-size``
 bytes each, ``--min-nr`` of them reserved), whose budget (``--max-bytes``;
 or ``--max-nr`` receive buffers beyond what the reserves pin, as a
 ``buffer_pool()``'s ``max_nr``) bounds every buffer the connections hold.
-Commands are parsed straight from the receive buffer by slicing
-memoryviews, and a read's replies go out in one write; only the keys and
-values it stores are copied.
+Commands are parsed straight from the receive buffer, and a read's
+replies go out in one write: the small arguments of a read are split out
+of a window of its bytes at a time (one ``bytes.split()``, its parts
+checked against their headers: ``parse_many()``), big ones are slices of
+the buffer, and only the values stored are copied out of those.
 
 A command cut by the end of a read is parsed once, never again from its
 start: its arguments so far are copied (they are small; plain bytes, which
@@ -196,6 +198,96 @@ def parse_command(view: memoryview, pos: int) -> tuple[list[memoryview], int] | 
         if m is None:
             return cut_bulk(view, pos)
         size = int(m[1])
+
+
+#: The headers parse_many() knows by heart: "*1" to "*1024" (an array's),
+#: "$0" to "$1024" (an argument's), as clients write them.
+COUNTS = {b"*%d" % n: n for n in range(1, 1025)}
+SIZES = {b"$%d" % n: n for n in range(1025)}
+#: parse_many() splits a read a window at a time: the first this many
+#: bytes, each next one four times the last, up to WINDOW_MAX (splitting
+#: costs a nanosecond a byte: a big value is sliced from the view instead).
+WINDOW = 256
+WINDOW_MAX = 4096
+
+
+def parse_many(
+    view: memoryview, pos: int, commands: list[tuple[Sequence[Arg], int]]
+) -> int:
+    """Append to ``commands`` the complete commands from ``pos`` that are
+    plainly formed (arrays of at most 1,024 arguments, whole, their headers
+    as clients write them), each as its arguments and where it ends; return
+    where the first one it did not take starts. Whatever else comes (an
+    inline command, a cut, an error, an odd header) is left to
+    parse_command(), so both take the same commands, with the same
+    arguments.
+
+    The common case costs a split per window of bytes, not a regex match
+    per argument: the window's parts alternate headers and arguments,
+    whose lengths must agree with the headers. An argument that does not
+    (larger than the window, or holding a CRLF) is sliced from ``view`` by
+    its declared length, and the next window starts after it. Arguments
+    from a window are bytes; those sliced, memoryviews."""
+    end = len(view)
+    window = WINDOW
+    start = pos  # where the window starts
+    parts = view[start : start + window].tobytes().split(b"\r\n")
+    last = len(parts) - 1  # parts[last] is cut by the window: no CRLF after it
+    i = 0
+    at = pos  # where parts[i] starts
+    args: list[Arg] | None = None  # the command being parsed, if any
+    nargs = 0
+    while True:
+        if i >= last:
+            if start + window >= end:
+                return pos  # cut by the end of the read
+            # A window spent: the next, larger, from where this one ends.
+            window = min(window * 4, WINDOW_MAX)
+            start = at
+            parts = view[start : start + window].tobytes().split(b"\r\n")
+            last = len(parts) - 1
+            i = 0
+            if last == 0:  # no CRLF in a whole window: no header of ours
+                return pos
+            continue
+        if args is None:
+            head = parts[i]
+            counted = COUNTS.get(head)
+            if counted is None:
+                return pos
+            nargs = counted
+            at += len(head) + 2
+            i += 1
+            args = []
+            continue
+        header = parts[i]
+        size = SIZES.get(header)
+        if size is None:
+            digits = header[1:]
+            if not (header[:1] == b"$" and 1 <= len(digits) <= 10 and digits.isdigit()):
+                return pos
+            size = int(digits)
+            if size > MAX_BULK:
+                return pos
+        if i + 1 < last and len(parts[i + 1]) == size:
+            args.append(parts[i + 1])
+            at += len(header) + size + 4
+            i += 2
+        else:
+            # Larger than the window, or holding a CRLF: from the view.
+            at += len(header) + 2
+            stop = at + size
+            if stop + 2 > end or view[stop] != 13 or view[stop + 1] != 10:
+                return pos
+            args.append(view[at:stop])
+            at = start = stop + 2
+            parts = view[start : start + window].tobytes().split(b"\r\n")
+            last = len(parts) - 1
+            i = 0
+        if len(args) == nargs:
+            commands.append((args, at))
+            pos = at
+            args = None
 
 
 def parse_rare(view: memoryview, pos: int) -> tuple[list[memoryview], int] | None:
@@ -502,9 +594,10 @@ class Gate:
 
     A frame admitted whose connection reads nothing for ``GATE_GRACE``
     seconds leaves the gate uncounted (it gathers on): a client that stops
-    in the middle of a big value keeps the others out that long, no
-    longer, while one that sends slowly, or a server slowed down, keeps
-    its place as long as bytes come (``progress()``, at every read). The
+    in the middle of a big value keeps the others out that long (twice
+    that at most: the gate looks at the frame's ``frame_left`` every
+    ``GATE_GRACE`` seconds), no longer, while one that sends slowly, or a
+    server slowed down, keeps its place as long as bytes come. The
     frames waiting hold a receive buffer each: past three quarters of the
     budget of them (3,000 frames begun at once, with the defaults), the
     admitted ones may find too little, and the protocol's ``hold_timeout``
@@ -514,8 +607,9 @@ class Gate:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.taken = 0  # the declared bytes of the admitted frames
-        # The admitted frames: their bytes, and when they leave the gate.
-        self.admitted: dict[RespProtocol, tuple[int, float]] = {}
+        # The admitted frames: their bytes, when the gate looks at them
+        # next, and their frame_left when it last did (or admitted them).
+        self.admitted: dict[RespProtocol, tuple[int, float, int]] = {}
         self.waiting: deque[tuple[RespProtocol, int]] = deque()
         self.timer: asyncio.TimerHandle | None = None  # the next expiry
 
@@ -531,13 +625,8 @@ class Gate:
 
     def take(self, conn: RespProtocol, nbytes: int) -> None:
         self.taken += nbytes
-        self.admitted[conn] = (nbytes, time.monotonic() + GATE_GRACE)
-
-    def progress(self, conn: RespProtocol) -> None:
-        """``conn`` read bytes: if admitted, its frame is not stalled."""
-        entry = self.admitted.get(conn)
-        if entry is not None:
-            self.admitted[conn] = (entry[0], time.monotonic() + GATE_GRACE)
+        due = time.monotonic() + GATE_GRACE
+        self.admitted[conn] = (nbytes, due, conn.frame_left)
 
     def release(self, conn: RespProtocol) -> None:
         """The frame of ``conn`` is over (received, or lost)."""
@@ -566,18 +655,23 @@ class Gate:
     def arm(self) -> None:
         """While frames wait, expire the admitted ones when they are due."""
         if self.timer is None and self.waiting and self.admitted:
-            due = min(expiry for _, expiry in self.admitted.values())
+            due = min(entry[1] for entry in self.admitted.values())
             delay = max(0.0, due - time.monotonic())
             loop = asyncio.get_running_loop()
             self.timer = loop.call_later(delay, self.expire)
 
     def expire(self) -> None:
+        """The admitted frames that read nothing since the gate last looked
+        leave it; those that did are looked at again ``GATE_GRACE`` later."""
         self.timer = None
         now = time.monotonic()
-        for conn, (nbytes, expiry) in list(self.admitted.items()):
-            if expiry <= now:
-                del self.admitted[conn]
-                self.taken -= nbytes
+        for conn, (nbytes, due, left) in list(self.admitted.items()):
+            if due <= now:
+                if conn.frame_left != left:  # bytes came: not stalled
+                    self.admitted[conn] = (nbytes, now + GATE_GRACE, conn.frame_left)
+                else:
+                    del self.admitted[conn]
+                    self.taken -= nbytes
         self.admit_next()
         self.arm()
 
@@ -736,11 +830,15 @@ class RespProtocol(PooledBufferedProtocol):
         execute = self.store.execute
         try:
             while pos < end:
-                parsed = parse_command(view, pos)
-                if parsed is None:
-                    break
-                args, pos = parsed
-                if args:
+                commands: list[tuple[Sequence[Arg], int]] = []
+                if parse_many(view, pos, commands) == pos:
+                    parsed = parse_command(view, pos)  # the rare forms
+                    if parsed is None:
+                        break
+                    commands.append(parsed)
+                for args, pos in commands:
+                    if not args:
+                        continue
                     reply = execute(args)
                     if not isinstance(reply, tuple):
                         replies.append(reply)
@@ -891,12 +989,6 @@ class RespProtocol(PooledBufferedProtocol):
         if not gate.admit(self, nbytes):
             self.queued = True
             self.pause_reading()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.gated and not self.queued:
-            assert self.gate is not None
-            self.gate.progress(self)  # an admitted frame that reads is not stalled
-        super().buffer_updated(nbytes)
 
     def admitted(self) -> None:
         """The gate lets the waiting frame in: read on."""

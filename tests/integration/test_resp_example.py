@@ -205,6 +205,83 @@ def test_any_bytes_get_replies_or_a_protocol_error_never_an_exception(
         assert b"-ERR Protocol error" in transport.out
 
 
+def parse_all(view: memoryview, fast: bool) -> list[object]:
+    """What the parser makes of ``view``: each complete command's arguments
+    (as bytes) and end, then the error it raised, if any, and where it
+    stopped. ``fast``: through parse_many() first, as run() parses."""
+    out: list[object] = []
+    pos = 0
+    while pos < len(view):
+        if fast:
+            commands: list[tuple[Any, int]] = []
+            if resp.parse_many(view, pos, commands) != pos:
+                out += [([bytes(a) for a in args], end) for args, end in commands]
+                pos = commands[-1][1]
+                continue
+        try:
+            parsed = resp.parse_command(view, pos)
+        except resp.ProtocolError as exc:
+            out.append(("error", str(exc)))
+            break
+        if parsed is None:
+            break
+        out.append(([bytes(a) for a in parsed[0]], parsed[1]))
+        pos = parsed[1]
+    out.append(("stopped at", pos))
+    return out
+
+
+# Commands as parse_many() takes them, and as it must leave them: headers
+# with leading zeros, lengths past its table, an empty array, a wrong
+# length, inline commands, garbage.
+HEADER_FORM = st.sampled_from(["%d", "0%d", "00%d"])
+PIECE = st.one_of(
+    st.lists(ARG | st.binary(min_size=200, max_size=5000), min_size=1, max_size=5).map(
+        encode
+    ),
+    st.tuples(HEADER_FORM, HEADER_FORM, st.binary(max_size=1100)).map(
+        lambda t: (
+            (b"*" + (t[0] % 1).encode() + b"\r\n$" + (t[1] % len(t[2])).encode())
+            + b"\r\n"
+            + t[2]
+            + b"\r\n"
+        )
+    ),
+    st.sampled_from(
+        [b"*0\r\n", b"*1\r\n$3\r\nab\r\n", b"PING\r\n", b"*1\r\n$-1\r\n", b"*2\r\n"]
+    ),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(PIECE, min_size=1, max_size=30), cut=st.integers(min_value=0))
+def test_parse_many_takes_what_parse_command_takes_as_it_does(
+    pieces: list[bytes], cut: int
+) -> None:
+    # Its windows are split, and their parts checked against the headers;
+    # anything else it leaves to parse_command(): the same commands, with
+    # the same arguments and ends, the same error at the same place.
+    stream = b"".join(pieces)
+    stream = stream[: cut % (len(stream) + 1)]
+    buf = bytearray(len(stream) + 16)  # a view of a larger buffer, as reads are
+    buf[: len(stream)] = stream
+    view = memoryview(buf)[: len(stream)]
+    assert parse_all(view, fast=True) == parse_all(view, fast=False)
+
+
+def test_parse_many_takes_plain_commands_and_leaves_the_rest() -> None:
+    value = bytes(range(256)) * 40  # 10 KiB, CRLFs in it: sliced from the view
+    stream = encode([b"SET", b"k", value]) + encode([b"GET", b"k"]) * 300
+    view = memoryview(stream)
+    commands: list[tuple[Any, int]] = []
+    assert resp.parse_many(view, 0, commands) == len(stream)
+    assert len(commands) == 301 and commands[-1][1] == len(stream)
+    assert [bytes(a) for a in commands[0][0]] == [b"SET", b"k", value]
+    for stream in (b"PING\r\n", b"*0\r\n", b"*01\r\n$4\r\nPING\r\n", b"*1\r\n$4\r\nPI"):
+        assert resp.parse_many(memoryview(stream), 0, commands) == 0, stream
+
+
 def test_protocol_errors_name_what_was_expected() -> None:
     for stream, message in (
         (b"*1\r\n%3\r\n", b"expected '$' and a length"),
