@@ -1063,7 +1063,7 @@ class _Sweeper:
         """``protocol`` was lent a fresh buffer: it is ``last``, and swept at
         the end of the loop's iteration at the latest."""
         if self.last is protocol:
-            return  # listed since it became last (only run() unlists)
+            return  # listed: whatever unlists it clears last too
         self.last = protocol
         protocols = self.protocols
         if not protocols:
