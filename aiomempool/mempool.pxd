@@ -52,6 +52,11 @@ cdef class Mempool(Native):
     cpdef object _first_try(self, object gfp_mask, object timeout)
 
 
+cdef dict _FIRST_TRY_IS_ALLOC
+
+cdef bint _first_try_is_alloc(object cls) except -1
+
+
 cdef class _Done:
     pass
 

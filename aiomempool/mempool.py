@@ -1160,7 +1160,8 @@ class Mempool(Native, _Generic[T]):
         on exit, whether the block ends normally, by an exception or by
         cancellation. ``buf`` is never None: with a mask that may not wait,
         entry raises ``PoolExhaustedError`` when there is nothing to hand
-        out.
+        out. Entry allocates as ``alloc()`` does (a subclass's override of
+        ``alloc()`` is called), and exit frees with ``free()``.
 
         Example:
             ```python
@@ -1184,6 +1185,26 @@ class Mempool(Native, _Generic[T]):
         if timeout is not None:
             check_timeout(timeout)
         return ElementContext(self, (gfp_mask,), timeout)
+
+
+#: Per class of pool (or arena), whether its _first_try() is alloc()'s
+#: first step: whether the class that defines its alloc() defines its
+#: _first_try() too. A subclass that overrides alloc() alone has element()
+#: await its alloc(), always.
+_FIRST_TRY_IS_ALLOC: dict[type, bool] = {}
+
+
+def _first_try_is_alloc(cls: type) -> bool:
+    known = _FIRST_TRY_IS_ALLOC.get(cls)
+    if known is None:
+        known = False
+        for klass in cls.__mro__:
+            names = vars(klass)
+            if "alloc" in names or "_first_try" in names:
+                known = "alloc" in names and "_first_try" in names
+                break
+        _FIRST_TRY_IS_ALLOC[cls] = known
+    return known
 
 
 class _Done:
@@ -1250,8 +1271,11 @@ class ElementContext(Native, _Generic[T]):
         pool = self._pool
         try:
             # alloc() in its two steps: the second, a coroutine, only if
-            # the first says the caller must wait.
-            element: T | None = pool._first_try(*self._args, self._timeout)
+            # the first says the caller must wait; alloc() alone if the
+            # pool's class overrides it (its override is what allocates).
+            element: T | None = WAIT
+            if _first_try_is_alloc(type(pool)):
+                element = pool._first_try(*self._args, self._timeout)
             if element is WAIT:
                 if self._timeout is None:  # no keyword to pass: the common case
                     element = await pool.alloc(*self._args)

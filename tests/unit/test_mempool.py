@@ -462,6 +462,30 @@ async def test_element_allocates_and_frees() -> None:
 
 
 @pytest.mark.asyncio
+async def test_element_allocates_with_a_subclass_override_of_alloc() -> None:
+    # element() takes alloc()'s first step itself, unless the pool's class
+    # overrides alloc(): then the override is what allocates, every time.
+    class Counting(Mempool[Any]):
+        calls = 0
+
+        async def alloc(self, *args: Any, **kwargs: Any) -> Any:
+            type(self).calls += 1
+            return await super().alloc(*args, **kwargs)
+
+    pool = Counting(2, lambda mask, data: object(), lambda e, d: None)
+    async with pool.element() as element:
+        assert element is not None and pool.stats().outstanding == 1
+    async with pool.element(timeout=1.0):
+        pass
+    assert Counting.calls == 2 and pool.stats().outstanding == 0
+    plain = Mempool(1, lambda mask, data: object(), lambda e, d: None)
+    async with plain.element():  # its own: the first step, no coroutine
+        assert plain.stats().outstanding == 1
+    pool.close()
+    plain.close()
+
+
+@pytest.mark.asyncio
 async def test_element_frees_when_the_body_is_cancelled() -> None:
     pool = Backing().pool(1)
     entered = asyncio.Event()
