@@ -6,14 +6,8 @@ Python class), so the protocol derives from both (``BufferedProtocol``
 has no fields: the layouts agree). Its methods are the protocol's, and
 documented there.
 
-Each read lands in a buffer of the pool, handed to the user's
-``view_received()`` and given back once that returns, unless the user
-keeps it for an incomplete frame: at once while others wait for the pool
-(or in debug mode); otherwise it serves the connection's next read, or
-the next connection's, and goes back by the end of the loop iteration.
-When the pool runs dry, the connection is not dropped: it stops reading
-and queues for a buffer, first come first served across connections (the
-pool's waiters are FIFO).
+What a read does with its buffer, and what a dry pool does to the
+connection, is the first paragraph of protocol.py's docstring.
 
 How the transports call us, which the design leans on:
 
