@@ -280,7 +280,11 @@ def parse_many(
             if stop + 2 > end or view[stop] != 13 or view[stop + 1] != 10:
                 return pos
             args.append(view[at:stop])
+            # The next window, after it, is a small one again: arguments
+            # with CRLFs in them, one after another, each split only the
+            # bytes that follow it up to WINDOW, not up to WINDOW_MAX.
             at = start = stop + 2
+            window = WINDOW
             parts = view[start : start + window].tobytes().split(b"\r\n")
             last = len(parts) - 1
             i = 0
