@@ -30,7 +30,16 @@ __all__ = ["ENV_VAR", "MODULES", "compiled", "forced_pure"]
 
 #: The modules the compiled build makes extension modules, in the order of
 #: the import layers (lowest first).
-MODULES = ("_native", "_waitqueue", "slab", "mempool", "pools", "arena", "_receiver")
+MODULES = (
+    "_native",
+    "_lender",
+    "_waitqueue",
+    "slab",
+    "mempool",
+    "pools",
+    "arena",
+    "_receiver",
+)
 
 #: The environment variable that forces the pure-Python modules.
 ENV_VAR = "AIOMEMPOOL_NO_EXTENSIONS"

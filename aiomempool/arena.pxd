@@ -5,6 +5,7 @@
 
 cimport cython
 
+from aiomempool._lender cimport Lender
 from aiomempool._waitqueue cimport WaitQueue
 from aiomempool.pools cimport SlabPool
 from aiomempool.slab cimport SlabCache
@@ -16,7 +17,7 @@ cdef class _Want:
     cdef public object pool
 
 
-cdef class BufferArena:
+cdef class BufferArena(Lender):
     cdef object __weakref__
     cdef public object _budget
     cdef public object _classes
@@ -33,15 +34,19 @@ cdef class BufferArena:
     cdef public object _pools
     cdef public object _retry_interval
     cdef public object _retry_timer
-    cdef public object _round
+    cdef public Py_ssize_t _round
     cdef public object _samplers
-    cdef public object _shift
+    cdef public Py_ssize_t _shift
     cdef public list _size_at
     cdef public WaitQueue _urgent
     cdef public object _warn
 
-    @cython.locals(pool=SlabPool, cache=SlabCache)
+    @cython.locals(pool=SlabPool, cache=SlabCache, n=Py_ssize_t, k=Py_ssize_t)
     cpdef object alloc_nowait(self, object nbytes, object gfp_mask=*)
     @cython.locals(pool=SlabPool)
     cpdef free(self, object view)
+    @cython.locals(pool=SlabPool)
+    cdef _free_slot(self, object view)
     cpdef object _first_try(self, object nbytes, object gfp_mask, object timeout)
+    cpdef Py_ssize_t _step(self, object nbytes) except -1
+    cpdef object _alloc_for(self, object nbytes, object gfp_mask, object timeout)

@@ -43,7 +43,7 @@ import itertools
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import replace
 from types import TracebackType
@@ -53,6 +53,7 @@ from . import mempool as _mempool
 from ._budget import Budget
 from ._checks import check_nr, check_timeout, debug_enabled, running_loop, short_repr
 from ._leaks import LeakSampler
+from ._lender import Lender
 from ._ratelimit import RateLimitedWarning
 from ._waitqueue import CLOSED, TIMEDOUT, WaitQueue
 from .errors import (
@@ -142,7 +143,7 @@ class _Want:
         self.mask = mask
 
 
-class BufferArena:
+class BufferArena(Lender):
     """Buffers of every size, from size classes that share one budget.
 
     Build one with ``buffer_arena()``. ``await arena.alloc(nbytes)`` hands
@@ -500,6 +501,14 @@ class BufferArena:
                 return view
         return WAIT
 
+    def _alloc_for(
+        self, nbytes: Any, gfp_mask: Any, timeout: float | None
+    ) -> Awaitable[memoryview | None]:
+        """Lender's: alloc()."""
+        if timeout is None:  # no keyword to pass: the common case
+            return self.alloc(nbytes, gfp_mask)
+        return self.alloc(nbytes, gfp_mask, timeout=timeout)
+
     def alloc_nowait(
         self, nbytes: int, gfp_mask: GFP | int = GFP_NOWAIT
     ) -> memoryview | None:
@@ -528,9 +537,10 @@ class BufferArena:
             or gfp_mask is GFP_ATOMIC
         ) and not self._gate:
             try:
-                k = (nbytes + self._round) >> self._shift
+                n = nbytes  # a C integer compiled: a bad nbytes raises here
+                k = (n + self._round) >> self._shift
                 pool = self._pool_at[k] if k > 0 else None  # k <= 0: nbytes < 1
-            except (TypeError, IndexError):
+            except (TypeError, IndexError, OverflowError):
                 pool = None
             if pool is None:
                 k = self._step(nbytes)  # raises, or a size past the table
@@ -1025,7 +1035,7 @@ class BufferArena:
             decode_mask(gfp_mask)
         if timeout is not None:
             check_timeout(timeout)
-        return ElementContext(self, (nbytes, gfp_mask), timeout)
+        return ElementContext(self, nbytes, gfp_mask, timeout)
 
 
 def _per_slab(size: int) -> int:

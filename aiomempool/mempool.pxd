@@ -3,6 +3,7 @@
 # each public (readable and writable from Python, as a slot is). The
 # counters are C integers; the rest keep Python's types.
 
+from aiomempool._lender cimport Lender
 from aiomempool._native cimport Native
 from aiomempool._waitqueue cimport WaitQueue
 
@@ -17,7 +18,7 @@ cdef class _Handful:
     cdef public object from_reserve
 
 
-cdef class Mempool(Native):
+cdef class Mempool(Lender):
     cdef object __weakref__
     cdef public object _alloc_fn
     cdef public Py_ssize_t _alloc_fn_failures
@@ -49,7 +50,8 @@ cdef class Mempool(Native):
     # alloc()'s first step, from alloc() and ElementContext.
     cpdef object alloc_nowait(self, object gfp_mask=*)
     cpdef free(self, object element)
-    cpdef object _first_try(self, object gfp_mask, object timeout)
+    cpdef object _first_try(self, object nbytes, object gfp_mask, object timeout)
+    cpdef object _alloc_for(self, object nbytes, object gfp_mask, object timeout)
 
 
 cdef dict _FIRST_TRY_IS_ALLOC
@@ -62,8 +64,10 @@ cdef class _Done:
 
 
 cdef class ElementContext(Native):
-    cdef public object _args
     cdef public object _element
     cdef public bint _entered
-    cdef public object _pool
+    cdef public bint _first
+    cdef public Lender _lender
+    cdef public object _mask
+    cdef public object _nbytes
     cdef public object _timeout

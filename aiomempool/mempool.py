@@ -43,13 +43,13 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Literal,
-    Protocol,
     TypeVar,
     cast,
     overload,
 )
 
 from ._checks import check_nr, check_timeout, debug_enabled, running_loop, short_repr
+from ._lender import Lender
 from ._native import Native
 from ._ratelimit import RateLimitedWarning
 from ._waitqueue import CLOSED, TIMEDOUT, Fresh, WaitQueue, Wake
@@ -80,7 +80,6 @@ else:  # a base an extension type can take: see _generic.py
 __all__ = ["ElementContext", "Mempool", "named_pools"]
 
 T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
 P = TypeVar("P", bound="Mempool[Any]")
 
 #: The mask that waits, as the overloads of alloc() see it.
@@ -135,7 +134,7 @@ def _weakly(method: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
-class Mempool(Native, _Generic[T]):
+class Mempool(Lender, _Generic[T]):
     """A reserve of ``min_nr`` elements in front of a backing allocator.
 
     ``alloc_fn(gfp_mask, pool_data)`` makes an element, or returns ``None``
@@ -402,7 +401,7 @@ class Mempool(Native, _Generic[T]):
             RuntimeError: tasks of another event loop are waiting.
         """
         # Typed by annotation: a cast would be a call, compiled.
-        element: T | None = self._first_try(gfp_mask, timeout)
+        element: T | None = self._first_try(None, gfp_mask, timeout)
         if element is not WAIT:
             return element
         # Wait in line until handed an element: _first_try() checked the
@@ -452,8 +451,9 @@ class Mempool(Native, _Generic[T]):
         self._waited(time.perf_counter() - start)
         return element if self._debug is None else self._debug.lend(element)
 
-    def _first_try(self, gfp_mask: GFP | int, timeout: float | None) -> Any:
-        """alloc() up to its wait: the element; None, if the mask may not
+    def _first_try(self, nbytes: Any, gfp_mask: Any, timeout: float | None) -> Any:
+        """alloc() up to its wait (Lender's; ``nbytes`` is None, a pool's
+        elements being of one size): the element; None, if the mask may not
         wait; or ``WAIT``: the pool was tried, and the caller must wait in
         line (alloc() goes on to; ``element()`` calls alloc(), which tries
         once more). Synchronous, so that ``element()`` enters without a
@@ -487,6 +487,14 @@ class Mempool(Native, _Generic[T]):
         if timeout is not None and timeout <= 0:
             raise self._timed_out(mask, timeout)
         return WAIT
+
+    def _alloc_for(
+        self, nbytes: Any, gfp_mask: Any, timeout: float | None
+    ) -> Awaitable[T | None]:
+        """Lender's: alloc() (``nbytes`` is None)."""
+        if timeout is None:  # no keyword to pass: the common case
+            return self.alloc(gfp_mask)
+        return self.alloc(gfp_mask, timeout=timeout)
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> T | None:
         """Allocate an element without waiting; ``None`` if there is none.
@@ -1184,7 +1192,7 @@ class Mempool(Native, _Generic[T]):
             decode_mask(gfp_mask)  # refuse a bad mask now, not on entry
         if timeout is not None:
             check_timeout(timeout)
-        return ElementContext(self, (gfp_mask,), timeout)
+        return ElementContext(self, None, gfp_mask, timeout)
 
 
 #: Per class of pool (or arena), whether its _first_try() is alloc()'s
@@ -1222,40 +1230,36 @@ _EXHAUSTED = iter(())
 _EXITED = _Done()
 
 
-class _Lender(Protocol[T_co]):
-    """What ElementContext needs of its pool (a Mempool, a BufferArena):
-    alloc()'s first step, called with alloc()'s arguments and its timeout
-    (``_first_try()``: the element, None, or ``WAIT``), alloc() and free()."""
-
-    @property
-    def _first_try(self) -> Callable[..., Any]: ...
-
-    def alloc(self, *args: Any, **kwargs: Any) -> Awaitable[T_co | None]: ...
-
-    def free(self, element: Any) -> None: ...
-
-
 class ElementContext(Native, _Generic[T]):
     """What ``Mempool.element()`` returns: an async context manager.
 
     It allocates on entry and frees on exit; it may be entered once.
 
     Args:
-        pool (Mempool | BufferArena): What allocates and frees.
-        args (tuple): What its ``alloc()`` is called with, the mask last.
+        lender (Mempool | BufferArena): What allocates and frees.
+        nbytes (int | None): The arena's size; None for a pool.
+        gfp_mask (GFP | int): The mask of ``alloc()``.
         timeout (float | None): ``alloc()``'s timeout.
     """
 
-    __slots__ = ("_args", "_element", "_entered", "_pool", "_timeout")
+    __slots__ = (
+        "_element", "_entered", "_first", "_lender", "_mask", "_nbytes", "_timeout",
+    )  # fmt: skip
 
     def __init__(
-        self, pool: _Lender[T], args: tuple[Any, ...], timeout: float | None
+        self,
+        lender: Lender,
+        nbytes: int | None,
+        gfp_mask: GFP | int,
+        timeout: float | None,
     ) -> None:
-        self._pool = pool
-        #: What alloc() is called with: (gfp_mask,), or for an arena
-        #: (nbytes, gfp_mask); the mask last.
-        self._args = args
+        self._lender = lender
+        self._nbytes = nbytes
+        self._mask = gfp_mask
         self._timeout = timeout
+        # Whether entry may take alloc()'s first step itself: not if the
+        # lender's class overrides alloc() alone (its override allocates).
+        self._first = _first_try_is_alloc(type(lender))
         self._element: T | None = None
         # From the start of an entry (before its await) to the exit: two
         # tasks entering one context at once would share one element.
@@ -1264,31 +1268,29 @@ class ElementContext(Native, _Generic[T]):
     async def __aenter__(self) -> T:
         if self._entered:
             raise RuntimeError(
-                f"{self._pool!r}: this element() context is entered already "
+                f"{self._lender!r}: this element() context is entered already "
                 "(one element() per async with)"
             )
         self._entered = True
-        pool = self._pool
+        lender = self._lender
         try:
             # alloc() in its two steps: the second, a coroutine, only if
-            # the first says the caller must wait; alloc() alone if the
-            # pool's class overrides it (its override is what allocates).
+            # the first says the caller must wait.
             element: T | None = WAIT
-            if _first_try_is_alloc(type(pool)):
-                element = pool._first_try(*self._args, self._timeout)
+            if self._first:
+                element = lender._first_try(self._nbytes, self._mask, self._timeout)
             if element is WAIT:
-                if self._timeout is None:  # no keyword to pass: the common case
-                    element = await pool.alloc(*self._args)
-                else:
-                    element = await pool.alloc(*self._args, timeout=self._timeout)
+                element = await lender._alloc_for(
+                    self._nbytes, self._mask, self._timeout
+                )
         except BaseException:
             self._entered = False
             raise
         if element is None:
             self._entered = False
             raise PoolExhaustedError(
-                f"{self._pool!r}: nothing to hand out without waiting "
-                f"(gfp_mask={MaskText(int(self._args[-1]))})"
+                f"{lender!r}: nothing to hand out without waiting "
+                f"(gfp_mask={MaskText(int(self._mask))})"
             )
         self._element = element
         return element
@@ -1303,5 +1305,5 @@ class ElementContext(Native, _Generic[T]):
         # coroutine to make per exit).
         element, self._element = self._element, None
         self._entered = False
-        self._pool.free(element)
+        self._lender.free(element)
         return _EXITED

@@ -22,4 +22,4 @@ cdef class SlabPool(TrackedPool):
     # typed).
     cpdef object alloc_nowait(self, object gfp_mask=*)
     cpdef free(self, object element)
-    cpdef object _first_try(self, object gfp_mask, object timeout)
+    cpdef object _first_try(self, object nbytes, object gfp_mask, object timeout)

@@ -294,7 +294,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
     ) -> memoryview | None:
         """As ``Mempool.alloc()``."""
         # Typed by annotation: a cast would be a call, compiled.
-        got: memoryview | None = self._first_try(gfp_mask, timeout)
+        got: memoryview | None = self._first_try(None, gfp_mask, timeout)
         if got is WAIT:
             # Mempool's tries once more (this _first_try()), then waits.
             got = await Mempool.alloc(self, gfp_mask, timeout=timeout)
@@ -304,7 +304,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
         sampler.countdown -= 1  # as in alloc_nowait(): change both together
         return got if sampler.countdown > 0 else sampler.sample(got)
 
-    def _first_try(self, gfp_mask: GFP | int, timeout: float | None) -> Any:
+    def _first_try(self, nbytes: Any, gfp_mask: Any, timeout: float | None) -> Any:
         """As ``Mempool._first_try()``: in the steady state, the cache's top
         free slot (the policy of growth, limit, headroom and closing stays
         the cache's). Not sampled for leaks (alloc() samples what it hands
@@ -315,7 +315,7 @@ class SlabPool(TrackedPool):  # type: ignore[type-arg]
             if view is not None:
                 self._allocs += 1
                 return view
-        return Mempool._first_try(self, gfp_mask, timeout)
+        return Mempool._first_try(self, nbytes, gfp_mask, timeout)
 
     def alloc_nowait(self, gfp_mask: GFP | int = GFP_NOWAIT) -> memoryview | None:
         """As ``Mempool.alloc_nowait()``."""

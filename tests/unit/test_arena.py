@@ -9,6 +9,7 @@ import gc
 import itertools
 import logging
 import random
+from typing import Any
 
 import pytest
 import uvloop
@@ -98,6 +99,11 @@ def test_bad_sizes_are_refused_naming_the_argument_and_the_limit() -> None:
         arena.alloc_nowait(-5)
     with pytest.raises(ValueError, match="at most 65536, the largest class"):
         arena.alloc_nowait(64 * KIB + 1)
+    # Past a C integer (the compiled build's lookup): the same refusal.
+    with pytest.raises(ValueError, match="at most 65536, the largest class"):
+        arena.alloc_nowait(1 << 70)
+    with pytest.raises(ValueError, match="nbytes must be >= 1"):
+        arena.alloc_nowait(-(1 << 70))
     with pytest.raises(TypeError, match="nbytes must be an int, not float"):
         arena.alloc_nowait(10.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="nbytes must be an int, not str"):
@@ -517,6 +523,37 @@ async def test_element_lends_exactly_nbytes_for_the_span_of_a_block() -> None:
     async with arena:
         pass
     assert arena.closed
+
+
+@pytest.mark.asyncio
+async def test_element_allocates_with_a_subclass_override_of_alloc() -> None:
+    # As a Mempool's: entry takes alloc()'s first step itself only where
+    # the class that defines alloc() defines that step too.
+    class Counting(BufferArena):
+        calls = 0
+
+        async def alloc(self, *args: Any, **kwargs: Any) -> Any:
+            type(self).calls += 1
+            return await super().alloc(*args, **kwargs)
+
+    arena = Counting(
+        16 * 64 * KIB,
+        (KIB, 4 * KIB, 64 * KIB),
+        (1, 1, 1),
+        headroom=0,
+        zero_on_free=False,
+        leak_sampling=None,
+        trim_after=None,
+        name=None,
+        retry_interval=0.01,
+        debug=False,
+    )
+    async with arena.element(1500) as buf:
+        assert len(buf) == 1500 and arena.stats().total.outstanding == 1
+    async with arena.element(100, timeout=1.0) as buf:
+        assert len(buf) == 100
+    assert Counting.calls == 2 and arena.stats().total.outstanding == 0
+    arena.close()
 
 
 @pytest.mark.asyncio
