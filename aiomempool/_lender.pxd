@@ -8,3 +8,4 @@ cdef class Lender(Native):
     cpdef object _first_try(self, object nbytes, object gfp_mask, object timeout)
     cpdef object _alloc_for(self, object nbytes, object gfp_mask, object timeout)
     cpdef free(self, object element)
+    cpdef bint _steady(self) except -1

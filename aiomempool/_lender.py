@@ -37,3 +37,10 @@ class Lender(Native):
     def free(self, element: Any) -> None:
         """Give back what ``_first_try()`` or ``_alloc_for()`` gave."""
         raise NotImplementedError
+
+    def _steady(self) -> bool:
+        """Whether the pool is in its steady state (open, nobody waits, no
+        debug mode): then an element kept back for a while rather than
+        freed takes nothing from a waiter and skips no check
+        (``PooledBufferedProtocol`` keeps a read's buffer for the next)."""
+        raise NotImplementedError

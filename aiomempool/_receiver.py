@@ -718,13 +718,13 @@ class Receiver:
         )
 
     def _steady(self) -> bool:
-        """Whether the pool is in its steady state: its gate is down (open,
-        nobody waits, no debug mode)."""
+        """Whether the pool (or arena) is in its steady state: open, nobody
+        waits, no debug mode (Lender's _steady())."""
         arena = self._arena
         if arena is None:
             assert self._mempool is not None
-            return not self._mempool._gate
-        return not arena._gate
+            return self._mempool._steady()
+        return arena._steady()
 
     def _give(self, buf: memoryview) -> None:
         """Give ``buf`` back to the pool (or arena): through the typed field,

@@ -50,3 +50,4 @@ cdef class BufferArena(Lender):
     cpdef object _first_try(self, object nbytes, object gfp_mask, object timeout)
     cpdef Py_ssize_t _step(self, object nbytes) except -1
     cpdef object _alloc_for(self, object nbytes, object gfp_mask, object timeout)
+    cpdef bint _steady(self) except -1

@@ -863,6 +863,10 @@ class BufferArena(Lender):
             with suppress(RuntimeError):  # uvloop's, once its loop is closed
                 timer.cancel()
 
+    def _steady(self) -> bool:
+        """Lender's: the gate is down (see _regate())."""
+        return not self._gate
+
     def _regate(self) -> None:
         """Lower ``_gate`` in the steady state: open, nobody waiting, no
         debug mode. Anyone may raise it; only this lowers it."""

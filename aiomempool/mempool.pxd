@@ -52,6 +52,7 @@ cdef class Mempool(Lender):
     cpdef free(self, object element)
     cpdef object _first_try(self, object nbytes, object gfp_mask, object timeout)
     cpdef object _alloc_for(self, object nbytes, object gfp_mask, object timeout)
+    cpdef bint _steady(self) except -1
 
 
 cdef dict _FIRST_TRY_IS_ALLOC

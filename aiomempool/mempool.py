@@ -977,6 +977,10 @@ class Mempool(Lender, _Generic[T]):
         """Hook: the waiter's task has ``element`` now (back from the line:
         it is out with a caller, or passed on by a leaver)."""
 
+    def _steady(self) -> bool:
+        """Lender's: the gate is down (see _regate())."""
+        return not self._gate
+
     def _regate(self) -> None:
         """Lower ``_gate`` if the pool is in its steady state: open, nobody
         waits, the reserve full, no debug mode (whose hooks are on the slow

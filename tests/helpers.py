@@ -172,6 +172,18 @@ class Backing:
         return pool
 
 
+def drained(
+    min_nr: int = 1, **kwargs: Any
+) -> tuple[Backing, Mempool[Elem], list[Elem]]:
+    """A pool whose allocator is down and whose reserve is all handed out."""
+    backing = Backing()
+    pool = backing.pool(min_nr, **kwargs)
+    backing.up = False
+    held = [pool.alloc_nowait() for _ in range(min_nr)]
+    assert pool.curr_nr == 0
+    return backing, pool, held  # type: ignore[return-value]
+
+
 async def settle(rounds: int = 5) -> None:
     """Let every ready task run a few steps."""
     for _ in range(rounds):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Backing, Elem
+from helpers import Backing, Elem, drained
 
 import aiomempool
 from aiomempool import (
@@ -368,10 +368,7 @@ def test_resize_checks_new_min_nr(value: Any, error: type) -> None:
 
 @pytest.mark.asyncio
 async def test_resize_serves_waiters_first() -> None:
-    backing = Backing()
-    pool = backing.pool(1)
-    backing.up = False
-    held = pool.alloc_nowait()
+    backing, pool, [held] = drained()
     tasks = [asyncio.create_task(pool.alloc()) for _ in range(2)]
     await asyncio.sleep(0)
     assert pool.waiters == 2
@@ -508,10 +505,7 @@ async def test_element_of_a_dry_pool_waits_in_line_and_a_cancel_loses_nothing() 
     # element() enters by alloc()'s first step, and awaits alloc() only when
     # that says wait: behind an earlier waiter, in line order, and a cancel
     # while waiting hands the element on.
-    backing = Backing()
-    pool = backing.pool(1)
-    backing.up = False
-    held = pool.alloc_nowait()
+    _, pool, [held] = drained()
     order: list[str] = []
 
     async def enter(name: str) -> None:

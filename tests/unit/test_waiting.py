@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 import uvloop
-from helpers import TIMEOUT, Backing, Elem, settle
+from helpers import TIMEOUT, Backing, Elem, drained, settle
 
 from aiomempool import GFP, GFP_ATOMIC, WAIT_BUCKETS, AllocTimeoutError, Mempool
 from aiomempool._waitqueue import COMPACT_SLACK
@@ -23,18 +23,6 @@ LOOPS = pytest.mark.parametrize(
     [asyncio.new_event_loop, uvloop.new_event_loop],
     ids=["asyncio", "uvloop"],
 )
-
-
-def drained(
-    min_nr: int = 1, **kwargs: Any
-) -> tuple[Backing, Mempool[Elem], list[Elem]]:
-    """A pool whose allocator is down and whose reserve is all handed out."""
-    backing = Backing()
-    pool = backing.pool(min_nr, **kwargs)
-    backing.up = False
-    held = [pool.alloc_nowait() for _ in range(min_nr)]
-    assert pool.curr_nr == 0
-    return backing, pool, held  # type: ignore[return-value]
 
 
 async def park(pool: Mempool[Elem], n: int, **kwargs: Any) -> list[asyncio.Task[Any]]:
