@@ -1,5 +1,5 @@
 # The compiled build's declarations for _lender.py: an extension type with
-# no fields, whose three methods ElementContext calls from C.
+# no fields, whose methods ElementContext and the protocol call from C.
 
 from aiomempool._native cimport Native
 

@@ -1,9 +1,10 @@
 """Lender: what an ``element()`` context needs of the pool that made it.
 
 ``Mempool`` and ``BufferArena`` derive from it. ``ElementContext`` calls
-these three methods on entry and exit, and nothing else of its pool; in
-the compiled build they are C calls, through this type. ``nbytes`` is the
-arena's size, ``None`` for a pool of one size.
+its first three methods on entry and exit, and nothing else of its pool;
+``PooledBufferedProtocol`` asks ``_steady()``. In the compiled build they
+are C calls, through this type. ``nbytes`` is the arena's size, ``None``
+for a pool of one size.
 """
 
 from __future__ import annotations
