@@ -3,3 +3,11 @@
 
 cdef class Native:
     pass
+
+
+# id() compiled: the modules that cimport it call the C function that
+# builtins.id() calls after its audit event ("builtins.id"), so that the
+# hot paths' ids of the buffers they track cost no Python call. The value
+# is the same as id()'s; the pure-Python package calls id() itself.
+cdef extern from "Python.h":
+    object id "PyLong_FromVoidPtr" (object)

@@ -6,6 +6,7 @@
 cimport cython
 
 from aiomempool._lender cimport Lender
+from aiomempool._native cimport id  # id() compiled: see _native.pxd
 from aiomempool._waitqueue cimport WaitQueue
 from aiomempool.pools cimport SlabPool
 from aiomempool.slab cimport SlabCache
@@ -43,7 +44,7 @@ cdef class BufferArena(Lender):
 
     @cython.locals(pool=SlabPool, cache=SlabCache, n=Py_ssize_t, k=Py_ssize_t)
     cpdef object alloc_nowait(self, object nbytes, object gfp_mask=*)
-    @cython.locals(pool=SlabPool)
+    @cython.locals(pool=SlabPool, entry=tuple)
     cpdef free(self, object view)
     @cython.locals(pool=SlabPool)
     cdef _free_slot(self, object view)

@@ -562,7 +562,7 @@ class BufferArena(Lender):
                 self._countdown -= 1
                 if self._countdown <= 0:
                     return self._watch(pool, view, nbytes)
-            if nbytes == self._size_at[k]:
+            if n == len(view):  # the class's size (a C comparison compiled)
                 return view
             part = view[:nbytes]
             self._lent[id(part)] = (part, view, pool)

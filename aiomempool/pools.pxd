@@ -2,6 +2,7 @@
 # pools of this module extension types deriving from Mempool's, whose
 # fields are the names of their __slots__, each public.
 
+from aiomempool._native cimport id  # id() compiled: see _native.pxd
 from aiomempool.mempool cimport Mempool
 from aiomempool.slab cimport SlabCache
 

@@ -4,6 +4,11 @@
 # The counters of the hot paths are C integers; the free list keeps
 # Python's type (a list, or what a test puts there).
 
+cimport cython
+
+from aiomempool._native cimport id  # id() compiled: see _native.pxd
+
+
 cdef class _Slab:
     cdef public object base
     cdef public object block
@@ -44,5 +49,6 @@ cdef class SlabCache:
     cdef public object _unreclaimable
 
     # The free list's two moves, C calls from the pools' hot paths.
+    @cython.locals(free=list, out=Py_ssize_t)
     cpdef object _pop_free(self, Py_ssize_t limit, set busy)
     cpdef _push_free(self, object view, set busy)
