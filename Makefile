@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
 
-.PHONY: demo test test-pure lint bench bench-quick bench-servers docs all-pythons dist clean
+.PHONY: demo test test-pure lint bench bench-quick bench-floors bench-servers docs all-pythons dist clean
 
 $(VENV_STAMP):
 	@echo "Setting up $(VENV) with $(PYTHON), and a current pip in it (editable installs from pyproject.toml need pip 21.3+)"
@@ -83,13 +83,22 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 ## bench: every benchmark on asyncio and uvloop, on the compiled build then
-## the pure one, side by side; updates docs/assets/benchmarks
+## the pure one, side by side, then the floors under the speed targets;
+## updates docs/assets/benchmarks
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.builds
+	$(BIN)/python -m benchmarks.floors
 
 ## bench-quick: a smoke run of the benchmarks; writes nothing into docs/
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.builds --quick
+	$(BIN)/python -m benchmarks.floors --quick
+
+## bench-floors: what the benchmark loops cost around pools that do the
+## least their kind can do (benchmarks/floors.py); updates
+## docs/assets/benchmarks/floors.md
+bench-floors: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.floors
 
 ## bench-servers: the example servers under redis-benchmark, beside a streams
 ## server and redis-server; updates docs/assets/benchmarks/servers.md and
