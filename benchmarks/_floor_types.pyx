@@ -7,7 +7,12 @@ written, can go below on this interpreter and machine.
 
 None of them checks an argument, counts, gates or can be closed. They are
 benchmark instruments, not pools: nothing here is imported by aiomempool.
+An id is taken as the compiled package takes it: the C call that
+builtins.id() makes after its audit event.
 """
+
+cdef extern from "Python.h":
+    object id "PyLong_FromVoidPtr" (object)
 
 
 cdef class CallingPool:
