@@ -939,15 +939,15 @@ class BufferArena(Lender):
     def _refusal(self, view: object, error: InvalidFreeError) -> InvalidFreeError:
         """The class pool's refusal, said of the arena: a view of the
         memory of one of its slabs that is not out is freed already (or a
-        slice of a buffer: either way not the arena's to take)."""
+        slice of a buffer: either way not the arena's to take), even if the
+        first free let that slab go to another class."""
         if isinstance(error, ForeignElementError) and isinstance(view, memoryview):
             try:
                 obj = view.obj
             except ValueError:
                 obj = None
             for pool in self._pools:
-                cache = pool._cache
-                if any(slab.block is obj for slab in cache._slabs.values()):
+                if pool._cache._viewed_by(obj):
                     return DoubleFreeError(
                         f"{self!r}: {short_repr(view)} views a buffer of the "
                         "arena that is not out: a double free (or a slice of "

@@ -27,6 +27,7 @@ cdef class SlabCache:
     cdef public bint _closed
     cdef public object _debug
     cdef public object _free
+    cdef public object _given_back
     cdef public Py_ssize_t _frees
     cdef public object _headroom
     cdef public Py_ssize_t _high_water

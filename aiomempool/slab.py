@@ -21,6 +21,9 @@ Bookkeeping, on the event loop's thread (nothing here is thread-safe):
 * ``_slots``: ``id(view) -> (slab, index)`` for every slot view, to name
   the slot in error messages (``_slot_name()``) and to find a slab's views
   in ``shrink()``.
+* ``_given_back``: the maps of the slabs given back while a view of theirs
+  was still alive, held weakly, so that a free of such a stale view is told
+  a double free, not a foreign buffer (``_viewed_by()``).
 * ``_aliases``: ``id(alias) -> alias record`` for the buffers a leak
   detector lent as an alias of their slot (``_leaks.LeakSampler``
   registers them with ``_add_alias()``): a free of an alias frees its slot
@@ -165,6 +168,7 @@ class SlabCache:
         "_debug",
         "_free",
         "_frees",
+        "_given_back",
         "_headroom",
         "_high_water",
         "_limit",
@@ -259,6 +263,12 @@ class SlabCache:
         self._busy: set[int] = set()
         self._slots: dict[int, tuple[_Slab, int]] = {}
         self._slabs: dict[int, _Slab] = {}  # by number, in order of making
+        # The maps of the slabs given back while a view of theirs was still
+        # alive (a buffer freed, its slab reclaimed, the stale view kept):
+        # held weakly, so that a later free of such a view is told a double
+        # free (_viewed_by()). A bytearray cannot be weakly referenced: the
+        # slabs of a cache without maps are not remembered.
+        self._given_back: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
         # After close(): the objects each slab has out, and the free slots
         # of those slabs (see free()).
         self._out_by_slab: dict[_Slab, int] = {}
@@ -773,6 +783,14 @@ class SlabCache:
         """Let the next _reclaim() look, whatever came back since the last."""
         self._unreclaimable = 0
 
+    def _viewed_by(self, obj: object) -> bool:
+        """True if ``obj`` (a view's ``obj``) is the block of one of this
+        cache's slabs, or the map of one it gave back while a view of it
+        was alive: a view of it that is not out was freed already."""
+        if any(slab.block is obj for slab in self._slabs.values()):
+            return True
+        return isinstance(obj, mmap.mmap) and obj in self._given_back
+
     def _release(self, slab: _Slab) -> None:
         """Forget ``slab``, none of whose views is out or on the free list,
         and give its memory back."""
@@ -783,6 +801,8 @@ class SlabCache:
         if self._budget is not None:
             self._budget.credit(len(slab.block))
         slab.release()
+        if isinstance(slab.block, mmap.mmap) and not slab.block.closed:
+            self._given_back.add(slab.block)  # a view of it is still alive
 
     def close(self) -> None:
         """Give every slab back and refuse further allocations; idempotent.

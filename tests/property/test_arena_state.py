@@ -1468,6 +1468,58 @@ def test_an_immediate_double_free_is_refused_while_a_task_waits() -> None:
         loop.close()
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["a slice", "a whole slot"])
+def test_a_double_free_is_told_after_the_first_let_its_slab_go_to_a_waiter(
+    whole: bool,
+) -> None:
+    # Found (the waiting machine): the first free of a buffer emptied its
+    # slab, which went at once to a waiter of another class (the budget
+    # spent); a second free of the stale view, its map no longer a slab
+    # of the arena's, was refused as a foreign buffer, not as a double free.
+    async def scenario() -> None:
+        # Three slabs: the 4 KiB class's first (its reserve's slot in it),
+        # the 64 KiB reserve's, and one more.
+        arena = buffer_arena(
+            3 * ARENA_SLAB_BYTES, classes=(4096, 65536), headroom=0, trim_after=None
+        )
+
+        def alloc(nbytes: int) -> memoryview | None:
+            return arena.alloc_nowait(nbytes, GFP_NOWAIT | GFP.NOWARN)
+
+        held = [alloc(4096) for _ in range(15)]  # the first 4 KiB slab full
+        stale = alloc(4096 if whole else 4000)  # the third slab, alone in it
+        reserve = alloc(65536)  # the 64 KiB reserve's
+        assert None not in held and stale is not None and reserve is not None
+        waiter = asyncio.ensure_future(arena.alloc(65536))
+        await asyncio.sleep(0)
+        assert arena.waiters == 1
+        try:
+            arena.free(stale)  # its slab wholly free: it goes to the waiter
+            assert waiter.done() or arena.waiters == 0
+            assert arena.stats().classes[0].slab.slabs == 1
+            before = arena.stats()
+            # A whole slot's view is released with its slab: refused as a
+            # buffer the arena does not have out (a released view tells
+            # nothing of its memory). A slice keeps the map alive.
+            refusals = (
+                (DoubleFreeError, ForeignElementError) if whole else DoubleFreeError
+            )
+            with pytest.raises(refusals):
+                arena.free(stale)
+            assert arena.stats() == before
+        finally:
+            got = await asyncio.wait_for(waiter, 2)
+            arena.free_bulk([*held, reserve, got])
+            assert arena.stats().total.outstanding == 0
+            arena.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize("options", [{"debug": True}, {"leak_sampling": 1}])
 def test_bytes_requested_is_what_was_asked_for_in_debug_mode_and_sampled(
     options: dict[str, Any],
