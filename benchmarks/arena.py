@@ -235,45 +235,49 @@ def class_pools_cycle(spread: Spread) -> Batch:
 
 def _arena_batch(
     spread: Spread,
-    timed: Callable[[aiomempool.BufferArena, list[Any], Iterator[int], int], Any],
+    timed: Callable[[Any, list[Any], Iterator[int], int], Any],
+    make: Callable[[], Any] | None,
 ) -> Batch:
-    """A batch through a new arena: ``IN_FLIGHT`` out, one warm-up pass over
-    the spread, then ``await timed(arena, ring, sizes, n)``, which returns
-    nanoseconds; then every buffer back, the counts checked, the arena
-    closed."""
+    """A batch through a new arena (``new_arena()``, or what ``make()``
+    makes: benchmarks/floors.py's instrument, which keeps no counts):
+    ``IN_FLIGHT`` out, one warm-up pass over the spread, then ``await
+    timed(arena, ring, sizes, n)``, which returns nanoseconds; then every
+    buffer back, the counts checked (the arena's), the arena closed."""
 
     async def batch(n: int) -> float:
-        arena = new_arena()
+        arena = new_arena() if make is None else make()
         ring: list[Any] = []
         try:
             sizes = itertools.cycle(spread.sizes())
             ring += [arena.alloc_nowait(next(sizes)) for _ in range(IN_FLIGHT)]
             await timed(arena, ring, sizes, SPREAD_COUNT)  # the warm-up
             elapsed: float = await timed(arena, ring, sizes, n)
-            arena.free_bulk(ring)
+            for view in ring:
+                arena.free(view)
             ring.clear()
-            total = arena.stats().total
-            _check(
-                "buffer_arena",
-                total.allocs,
-                total.frees,
-                total.outstanding,
-                IN_FLIGHT + SPREAD_COUNT + n,
-            )
+            if make is None:
+                total = arena.stats().total
+                _check(
+                    "buffer_arena",
+                    total.allocs,
+                    total.frees,
+                    total.outstanding,
+                    IN_FLIGHT + SPREAD_COUNT + n,
+                )
             return elapsed / n
         finally:
-            arena.free_bulk(ring)
-            arena.close()
+            for view in ring:
+                arena.free(view)
+            if make is None:
+                arena.close()
 
     return batch
 
 
-def arena_nowait_cycle(spread: Spread) -> Batch:
+def arena_nowait_cycle(spread: Spread, make: Callable[[], Any] | None = None) -> Batch:
     """``arena.alloc_nowait(n)`` + ``arena.free()`` over the spread."""
 
-    async def timed(
-        arena: aiomempool.BufferArena, ring: list[Any], sizes: Iterator[int], n: int
-    ) -> int:
+    async def timed(arena: Any, ring: list[Any], sizes: Iterator[int], n: int) -> int:
         start = perf_counter_ns()
         for i, size in zip(range(n), sizes, strict=False):
             x = arena.alloc_nowait(size)
@@ -282,15 +286,13 @@ def arena_nowait_cycle(spread: Spread) -> Batch:
             ring[k] = x
         return perf_counter_ns() - start
 
-    return _arena_batch(spread, timed)
+    return _arena_batch(spread, timed, make)
 
 
-def arena_alloc_cycle(spread: Spread) -> Batch:
+def arena_alloc_cycle(spread: Spread, make: Callable[[], Any] | None = None) -> Batch:
     """``await arena.alloc(n)`` + ``arena.free()`` over the spread."""
 
-    async def timed(
-        arena: aiomempool.BufferArena, ring: list[Any], sizes: Iterator[int], n: int
-    ) -> int:
+    async def timed(arena: Any, ring: list[Any], sizes: Iterator[int], n: int) -> int:
         start = perf_counter_ns()
         for i, size in zip(range(n), sizes, strict=False):
             x = await arena.alloc(size)
@@ -299,4 +301,4 @@ def arena_alloc_cycle(spread: Spread) -> Batch:
             ring[k] = x
         return perf_counter_ns() - start
 
-    return _arena_batch(spread, timed)
+    return _arena_batch(spread, timed, make)

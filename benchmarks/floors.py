@@ -2,7 +2,9 @@
 around a pool that does the least its kind can do.
 
 ``python -m benchmarks.floors`` (``make bench-floors``) drives, through the
-same loop each time, aiomempool's compiled build, an instrument of
+loop of the package's own benchmark (the loops of ``benchmarks.mempools``
+and ``benchmarks.arena``, which take what makes their pool), aiomempool's
+compiled build, an instrument of
 ``benchmarks/_floor_types.pyx`` (compiled on the spot by Cython's
 pyximport, as the compiled build is: Cython, binding methods, cpdef hot
 paths) and the case's baseline (a list, an ``asyncio.Queue``,
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import platform
 import statistics
 import sys
@@ -40,12 +41,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter_ns
 from typing import Any
 
 import aiomempool
-from aiomempool import Mempool
-from benchmarks.arena import LOG_UNIFORM, new_arena
+from benchmarks.arena import LOG_UNIFORM, QUEUE_SIZE, arena_alloc_cycle, new_arena
 from benchmarks.cases import IN_FLIGHT
 from benchmarks.handrolled import (
     bytearray_cycle,
@@ -54,7 +53,16 @@ from benchmarks.handrolled import (
     queue_cycle,
     stock,
 )
-from benchmarks.mempools import _alloc_from, _return_to
+from benchmarks.mempools import (
+    _alloc_from,
+    _return_to,
+    await_loop,
+    buffer_pool_of,
+    cheap_pool,
+    element_loop,
+    nowait_loop,
+    ring_loop,
+)
 from benchmarks.results import _cpu_model
 
 try:
@@ -77,141 +85,6 @@ def instruments() -> Any:
     from benchmarks import _floor_types
 
     return _floor_types
-
-
-# -- the loops, each the one of the package's benchmark ---------------------
-
-
-def nowait_loop(make: Callable[[], Any]) -> Batch:
-    """benchmarks.mempools.nowait_cycle's loop."""
-
-    async def batch(n: int) -> float:
-        pool = make()
-        start = perf_counter_ns()
-        for _ in range(n):
-            x = pool.alloc_nowait()
-            pool.free(x)
-        return (perf_counter_ns() - start) / n
-
-    return batch
-
-
-def await_loop(make: Callable[[], Any]) -> Batch:
-    """benchmarks.mempools.alloc_cycle's loop."""
-
-    async def batch(n: int) -> float:
-        pool = make()
-        start = perf_counter_ns()
-        for _ in range(n):
-            x = await pool.alloc()
-            pool.free(x)
-        return (perf_counter_ns() - start) / n
-
-    return batch
-
-
-def element_loop(make: Callable[[], Any]) -> Batch:
-    """benchmarks.mempools.element_cycle's loop."""
-
-    async def batch(n: int) -> float:
-        pool = make()
-        start = perf_counter_ns()
-        for _ in range(n):
-            async with pool.element():
-                pass
-        return (perf_counter_ns() - start) / n
-
-    return batch
-
-
-def ring_loop(make: Callable[[], Any], *, awaited: bool) -> Batch:
-    """benchmarks.mempools.buffer_nowait_cycle's (or buffer_alloc_cycle's)
-    loop: ``IN_FLIGHT`` out, each cycle takes one and gives back the one
-    taken ``IN_FLIGHT`` cycles before."""
-
-    async def batch(n: int) -> float:
-        pool = make()
-        ring = [pool.alloc_nowait() for _ in range(IN_FLIGHT)]
-        start = perf_counter_ns()
-        if awaited:
-            for i in range(n):
-                x = await pool.alloc()
-                k = i % IN_FLIGHT
-                pool.free(ring[k])
-                ring[k] = x
-        else:
-            for i in range(n):
-                x = pool.alloc_nowait()
-                k = i % IN_FLIGHT
-                pool.free(ring[k])
-                ring[k] = x
-        elapsed = perf_counter_ns() - start
-        for x in ring:
-            pool.free(x)
-        close = getattr(pool, "close", None)
-        if close is not None:
-            close()
-        return elapsed / n
-
-    return batch
-
-
-def spread_loop(make: Callable[[], Any], *, awaited: bool) -> Batch:
-    """benchmarks.arena's loop over the log-uniform spread (one warm-up
-    pass, then the clock)."""
-    sizes = LOG_UNIFORM.sizes()
-
-    async def cycles(arena: Any, ring: list[Any], it: Any, n: int) -> int:
-        start = perf_counter_ns()
-        if awaited:
-            for i, size in zip(range(n), it, strict=False):
-                x = await arena.alloc(size)
-                k = i % IN_FLIGHT
-                arena.free(ring[k])
-                ring[k] = x
-        else:
-            for i, size in zip(range(n), it, strict=False):
-                x = arena.alloc_nowait(size)
-                k = i % IN_FLIGHT
-                arena.free(ring[k])
-                ring[k] = x
-        return perf_counter_ns() - start
-
-    async def batch(n: int) -> float:
-        arena = make()
-        it = itertools.cycle(sizes)
-        ring = [arena.alloc_nowait(next(it)) for _ in range(IN_FLIGHT)]
-        await cycles(arena, ring, it, len(sizes))
-        elapsed = await cycles(arena, ring, it, n)
-        for x in ring:
-            arena.free(x)
-        close = getattr(arena, "close", None)
-        if close is not None:
-            close()
-        return elapsed / n
-
-    return batch
-
-
-def spread_queue() -> Batch:
-    """The arena group's one-size ``asyncio.Queue`` of 64 KiB buffers, over
-    the same spread (it ignores the sizes)."""
-    sizes = LOG_UNIFORM.sizes()
-
-    async def batch(n: int) -> float:
-        q: asyncio.Queue[bytearray] = asyncio.Queue()
-        for buffer in stock(2 * IN_FLIGHT, 65536):
-            q.put_nowait(buffer)
-        ring = [q.get_nowait() for _ in range(IN_FLIGHT)]
-        start = perf_counter_ns()
-        for i, _size in zip(range(n), itertools.cycle(sizes), strict=False):
-            x = await q.get()
-            k = i % IN_FLIGHT
-            q.put_nowait(ring[k])
-            ring[k] = x
-        return (perf_counter_ns() - start) / n
-
-    return batch
 
 
 # -- the rows ----------------------------------------------------------------
@@ -241,14 +114,8 @@ def rows(floors: Any) -> list[Row]:
     def calling() -> Any:
         return floors.CallingPool(_alloc_from, _return_to, stock(64))
 
-    def mempool() -> Mempool[bytearray]:
-        return Mempool(4, _alloc_from, _return_to, stock(64))
-
     def buffers(size: int, kind: Any) -> Callable[[], Any]:
         return lambda: kind([memoryview(bytearray(size)) for _ in range(4 * IN_FLIGHT)])
-
-    def pool(size: int) -> Callable[[], Any]:
-        return lambda: aiomempool.buffer_pool(size, min_nr=16, max_nr=4 * IN_FLIGHT)
 
     def bare_arena() -> Any:
         sizer = new_arena(trim_after=None)
@@ -257,11 +124,29 @@ def rows(floors: Any) -> list[Row]:
         finally:
             sizer.close()
 
+    def nowait_rows(size: int, target: float) -> list[Row]:
+        """``buffer_pool(size)``'s ``alloc_nowait()`` + ``free()`` against
+        ``bytearray(size)``, beside the floor (TrackedPool) and, for what
+        the tracking costs, BarePool."""
+        return [
+            Row(
+                f"buffer_pool({size}) alloc_nowait() + free()",
+                kind.__name__,
+                ring_loop(buffer_pool_of(size), awaited=False),
+                ring_loop(buffers(size, kind), awaited=False),
+                f"bytearray({size})",
+                bytearray_cycle(size),
+                target,
+                bounds=kind is floors.TrackedPool,
+            )
+            for kind in (floors.TrackedPool, floors.BarePool)
+        ]
+
     return [
         Row(
             "alloc_nowait() + free()",
             "CallingPool",
-            nowait_loop(mempool),
+            nowait_loop(cheap_pool),
             nowait_loop(calling),
             "list pop() + append()",
             list_cycle,
@@ -270,7 +155,7 @@ def rows(floors: Any) -> list[Row]:
         Row(
             "await alloc() + free()",
             "CallingPool",
-            await_loop(mempool),
+            await_loop(cheap_pool),
             await_loop(calling),
             "asyncio.Queue",
             queue_cycle,
@@ -279,54 +164,18 @@ def rows(floors: Any) -> list[Row]:
         Row(
             "async with element()",
             "CallingPool",
-            element_loop(mempool),
+            element_loop(cheap_pool),
             element_loop(calling),
             "asyncio.Queue",
             queue_cycle,
             0.6,
         ),
-        Row(
-            "buffer_pool(4096) alloc_nowait() + free()",
-            "TrackedPool",
-            ring_loop(pool(4096), awaited=False),
-            ring_loop(buffers(4096, floors.TrackedPool), awaited=False),
-            "bytearray(4096)",
-            bytearray_cycle(4096),
-            1.0,
-        ),
-        Row(
-            "buffer_pool(4096) alloc_nowait() + free()",
-            "BarePool",
-            ring_loop(pool(4096), awaited=False),
-            ring_loop(buffers(4096, floors.BarePool), awaited=False),
-            "bytearray(4096)",
-            bytearray_cycle(4096),
-            1.0,
-            bounds=False,
-        ),
-        Row(
-            "buffer_pool(65536) alloc_nowait() + free()",
-            "TrackedPool",
-            ring_loop(pool(65536), awaited=False),
-            ring_loop(buffers(65536, floors.TrackedPool), awaited=False),
-            "bytearray(65536)",
-            bytearray_cycle(65536),
-            1 / 12,
-        ),
-        Row(
-            "buffer_pool(65536) alloc_nowait() + free()",
-            "BarePool",
-            ring_loop(pool(65536), awaited=False),
-            ring_loop(buffers(65536, floors.BarePool), awaited=False),
-            "bytearray(65536)",
-            bytearray_cycle(65536),
-            1 / 12,
-            bounds=False,
-        ),
+        *nowait_rows(4096, 1.0),
+        *nowait_rows(65536, 1 / 12),
         Row(
             "buffer_pool(65536) await alloc() + free()",
             "TrackedPool",
-            ring_loop(pool(65536), awaited=True),
+            ring_loop(buffer_pool_of(65536), awaited=True),
             ring_loop(buffers(65536, floors.TrackedPool), awaited=True),
             "Queue of 64 KiB",
             queue_buffer_cycle(65536),
@@ -335,10 +184,10 @@ def rows(floors: Any) -> list[Row]:
         Row(
             "buffer_arena await alloc(n) + free(), log-uniform spread",
             "BareArena",
-            spread_loop(new_arena, awaited=True),
-            spread_loop(bare_arena, awaited=True),
-            "Queue of 64 KiB, same spread",
-            spread_queue(),
+            arena_alloc_cycle(LOG_UNIFORM),
+            arena_alloc_cycle(LOG_UNIFORM, bare_arena),
+            "Queue of 64 KiB",
+            queue_buffer_cycle(QUEUE_SIZE),
             0.8,
         ),
     ]

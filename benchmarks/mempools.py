@@ -8,8 +8,7 @@ allocator is empty after filling the reserve: 16 elements are all there is.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from time import perf_counter_ns
 from typing import Any
 
@@ -34,90 +33,117 @@ def cheap_pool() -> Mempool[bytearray]:
     return Mempool(4, _alloc_from, _return_to, stock(64))
 
 
-async def alloc_cycle(n: int) -> float:
-    pool = cheap_pool()
-    start = perf_counter_ns()
-    for _ in range(n):
-        x = await pool.alloc()
-        pool.free(x)
-    return (perf_counter_ns() - start) / n
+# -- the loops: each takes what makes its pool (benchmarks/floors.py drives
+# them with its instruments too) ----------------------------------------------
 
 
-async def reserve_cycle(n: int) -> float:
-    """``await alloc()`` + ``free()`` with the allocator failing every time
-    (its free list holds just the reserve's 4): each element is the
-    reserve's, and goes back to it. The case the kernel's mempool is for."""
-    pool = Mempool(4, _alloc_from, _return_to, stock(4))
-    start = perf_counter_ns()
-    for _ in range(n):
-        x = await pool.alloc()
-        pool.free(x)
-    return (perf_counter_ns() - start) / n
+def await_loop(make: Callable[[], Any]) -> Batch:
+    """``await pool.alloc()`` + ``pool.free()``, on a pool ``make()`` makes."""
 
-
-async def nowait_cycle(n: int) -> float:
-    pool = cheap_pool()
-    start = perf_counter_ns()
-    for _ in range(n):
-        x = pool.alloc_nowait()
-        pool.free(x)
-    return (perf_counter_ns() - start) / n
-
-
-async def element_cycle(n: int) -> float:
-    pool = cheap_pool()
-    start = perf_counter_ns()
-    for _ in range(n):
-        async with pool.element():
-            pass
-    return (perf_counter_ns() - start) / n
-
-
-@asynccontextmanager
-async def _buffers_out(size: int) -> AsyncIterator[tuple[Any, list[Any]]]:
-    """``aiomempool.buffer_pool(size)`` with ``IN_FLIGHT`` buffers out, all
-    given back and the pool closed at the end."""
-    pool = aiomempool.buffer_pool(size, min_nr=ELEMENTS, max_nr=4 * IN_FLIGHT)
-    ring = [pool.alloc_nowait() for _ in range(IN_FLIGHT)]
-    try:
-        yield pool, ring
-    finally:
-        for x in ring:
+    async def batch(n: int) -> float:
+        pool = make()
+        start = perf_counter_ns()
+        for _ in range(n):
+            x = await pool.alloc()
             pool.free(x)
-        pool.close()
+        return (perf_counter_ns() - start) / n
+
+    return batch
+
+
+def nowait_loop(make: Callable[[], Any]) -> Batch:
+    """``pool.alloc_nowait()`` + ``pool.free()``."""
+
+    async def batch(n: int) -> float:
+        pool = make()
+        start = perf_counter_ns()
+        for _ in range(n):
+            x = pool.alloc_nowait()
+            pool.free(x)
+        return (perf_counter_ns() - start) / n
+
+    return batch
+
+
+def element_loop(make: Callable[[], Any]) -> Batch:
+    """``async with pool.element():``, the block empty."""
+
+    async def batch(n: int) -> float:
+        pool = make()
+        start = perf_counter_ns()
+        for _ in range(n):
+            async with pool.element():
+                pass
+        return (perf_counter_ns() - start) / n
+
+    return batch
+
+
+def ring_loop(make: Callable[[], Any], *, awaited: bool) -> Batch:
+    """``IN_FLIGHT`` buffers out of a pool ``make()`` makes; each cycle takes
+    one (``alloc_nowait()``, or ``await alloc()``) and gives back the one
+    taken ``IN_FLIGHT`` cycles before. At the end every buffer goes back and
+    the pool is closed (if it can be)."""
+
+    async def batch(n: int) -> float:
+        pool = make()
+        ring = [pool.alloc_nowait() for _ in range(IN_FLIGHT)]
+        try:
+            start = perf_counter_ns()
+            if awaited:
+                for i in range(n):
+                    x = await pool.alloc()
+                    k = i % IN_FLIGHT
+                    pool.free(ring[k])
+                    ring[k] = x
+            else:
+                for i in range(n):
+                    x = pool.alloc_nowait()
+                    k = i % IN_FLIGHT
+                    pool.free(ring[k])
+                    ring[k] = x
+            return (perf_counter_ns() - start) / n
+        finally:
+            for x in ring:
+                pool.free(x)
+            close = getattr(pool, "close", None)
+            if close is not None:
+                close()
+
+    return batch
+
+
+# -- the cases -----------------------------------------------------------------
+
+
+def reserve_pool() -> Mempool[bytearray]:
+    """A pool whose allocator fails every time (its free list holds just
+    the reserve's 4): each element is the reserve's, and goes back to it.
+    The case the kernel's mempool is for."""
+    return Mempool(4, _alloc_from, _return_to, stock(4))
+
+
+alloc_cycle = await_loop(cheap_pool)
+reserve_cycle = await_loop(reserve_pool)
+nowait_cycle = nowait_loop(cheap_pool)
+element_cycle = element_loop(cheap_pool)
+
+
+def buffer_pool_of(size: int) -> Callable[[], Any]:
+    """What makes ``aiomempool.buffer_pool(size)`` as the buffer cases use it:
+    room for ``IN_FLIGHT`` out and as many again."""
+    return lambda: aiomempool.buffer_pool(size, min_nr=ELEMENTS, max_nr=4 * IN_FLIGHT)
 
 
 def buffer_nowait_cycle(size: int) -> Batch:
-    """``alloc_nowait()`` + ``free()`` through ``buffer_pool(size)``: each
-    cycle takes a buffer and gives back the one taken ``IN_FLIGHT`` before."""
-
-    async def batch(n: int) -> float:
-        async with _buffers_out(size) as (pool, ring):
-            start = perf_counter_ns()
-            for i in range(n):
-                x = pool.alloc_nowait()
-                k = i % IN_FLIGHT
-                pool.free(ring[k])
-                ring[k] = x
-            return (perf_counter_ns() - start) / n
-
-    return batch
+    """``alloc_nowait()`` + ``free()`` through ``buffer_pool(size)``, with
+    ``IN_FLIGHT`` buffers out."""
+    return ring_loop(buffer_pool_of(size), awaited=False)
 
 
 def buffer_alloc_cycle(size: int) -> Batch:
     """``await alloc()`` + ``free()`` through ``buffer_pool(size)``, as above."""
-
-    async def batch(n: int) -> float:
-        async with _buffers_out(size) as (pool, ring):
-            start = perf_counter_ns()
-            for i in range(n):
-                x = await pool.alloc()
-                k = i % IN_FLIGHT
-                pool.free(ring[k])
-                ring[k] = x
-            return (perf_counter_ns() - start) / n
-
-    return batch
+    return ring_loop(buffer_pool_of(size), awaited=True)
 
 
 def _discard(element: bytearray, data: object) -> None:
