@@ -2,7 +2,8 @@
 # cache and its slabs extension types whose fields are the names of their
 # __slots__, each public (readable and writable from Python, as a slot is).
 # The counters of the hot paths are C integers; the free list keeps
-# Python's type (a list, or what a test puts there).
+# Python's type (a list, or a subclass a test puts there), which
+# _pop_free() reads as a list.
 
 cimport cython
 
@@ -27,8 +28,8 @@ cdef class SlabCache:
     cdef public bint _closed
     cdef public object _debug
     cdef public object _free
-    cdef public object _given_back
     cdef public Py_ssize_t _frees
+    cdef public object _given_back
     cdef public object _headroom
     cdef public Py_ssize_t _high_water
     cdef public Py_ssize_t _limit
